@@ -36,6 +36,7 @@ def main() -> None:
         info["from"] = "mirror" if mirror else info["from"]
         if info["status"] in ("copied", "downloaded"):
             info["status"] = "present"
+    summary["counts"] = {s: sum(1 for i in summary["files"].values() if i["status"] == s) for s in ("present", "absent")}
     write_json(out / "download_report.json", summary)
     log.info("data/raw ready: %s", summary["counts"])
 

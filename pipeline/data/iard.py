@@ -50,7 +50,7 @@ def read_codes(readme: Path) -> pd.DataFrame:
         if (match := _TOP.match(line)):
             top = match.group("top").strip()
             if top == "Others":
-                description = line.split("|")[2].strip()
+                description = line.split("|")[2].strip().rstrip(".")
                 rows.append({"role": role, "code": "OTH", "readme_code": "OTH", "name": "Others", "top_level": "Others", "description": description})
             continue
         if (match := _ROW.match(line)):
