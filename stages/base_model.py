@@ -1,0 +1,19 @@
+"""DVC stage `base_model`: the profile's base LM as a local safetensors folder (models/base).
+
+    python -m stages.base_model
+"""
+
+from __future__ import annotations
+
+from pipeline.base_model import convert_base_model
+from stages._common import ROOT, load_params, setup_logging
+
+
+def main() -> None:
+    setup_logging()
+    params = load_params()
+    convert_base_model(params["model"]["preset"], ROOT / "models/base", params["model"].get("path") or "")
+
+
+if __name__ == "__main__":
+    main()
