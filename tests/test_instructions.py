@@ -1,0 +1,97 @@
+"""Templates (exact slot counts), context rendering, and instruction building on the committed slices."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipeline import templates
+from pipeline.data.ingest import ingest
+from pipeline.instructions import (ACTION_OF_CODE, ContextLimits, build_conv2conv, build_conv2item, build_dm, build_response,
+                                   build_turns, cap, dm_target, wrap_mentions)
+
+from tests.conftest import RAW
+
+
+@pytest.mark.parametrize("template, names", [
+    (templates.RANKING, {"candidates", "context", "knowledge", "top_n"}),
+    (templates.DIALOGUE_MANAGEMENT, {"context"}),
+    (templates.RESPONSE, {"context", "items"}),
+])
+def test_every_template_has_exactly_its_slots(template, names):
+    assert templates.slots(template) == names
+    filled = templates.fill(template, **{n: f"<{n}>" for n in names})
+    assert all(f"<{n}>" in filled for n in names) and "{" not in filled
+    with pytest.raises(ValueError, match="template slots"):
+        templates.fill(template, **{n: "x" for n in names}, extra="y")
+    with pytest.raises(ValueError, match="template slots"):
+        templates.fill(template, **{n: "x" for n in sorted(names)[1:]})
+
+
+def test_retrieval_instructions_are_the_papers():
+    assert templates.CONV2ITEM_QUERY == "Retrieve relevant items based on user conversation history"
+    assert templates.CONV2CONV_SAMPLE == "Represent the conversation context for similar user intention retrieval"
+
+
+def test_context_keeps_the_most_recent_part():
+    context = [{"speaker": "seeker", "text": f"utterance {i}"} for i in range(10)]
+    assert templates.render_context(context, 3, 1000) == "Seeker: utterance 7\nSeeker: utterance 8\nSeeker: utterance 9"
+    assert templates.render_context(context, 10, 40) == "Seeker: utterance 8\nSeeker: utterance 9"
+
+
+def test_cap_is_deterministic_and_order_preserving():
+    frame = pd.DataFrame({"instance_id": [f"x{i}" for i in range(50)]})
+    a, b = cap(frame, 10, seed=0), cap(frame, 10, seed=0)
+    assert a.equals(b) and len(a) == 10
+    assert list(a.instance_id) == sorted(a.instance_id, key=lambda s: int(s[1:]))
+    assert not a.equals(cap(frame, 10, seed=1))
+    assert len(cap(frame, None, 0)) == 50
+
+
+@pytest.fixture(scope="module")
+def redial():
+    return ingest("redial", RAW)
+
+
+def test_conv2item_one_pair_per_gold_item(redial):
+    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits())
+    pairs = build_conv2item(turns, redial.tables["items"])
+    assert len(pairs) == sum(len(g) for g in turns.gold_item_ids)
+    row = pairs[pairs.instance_id == "redial:20001#1"].iloc[0]
+    assert row.query == "Seeker: Hi I am looking for a movie like Super Troopers (2001)"
+    assert row.positive.startswith("Police Academy (1984).") and row.item_id == "redial:151656"
+
+
+def test_conv2conv_documents_are_training_contexts_of_other_dialogues(redial):
+    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits())
+    train = turns[turns.split == "train"].reset_index(drop=True)
+    test = turns[turns.split == "test"].reset_index(drop=True)
+    pairs, lonely = build_conv2conv(test, train, seed=0)
+    assert len(pairs) + lonely == len(test)
+    train_ids = set(train.instance_id)
+    for p in pairs.itertuples():
+        assert p.positive_instance_id in train_ids and not p.positive_instance_id.startswith(p.dialogue_id + "#")
+        assert set(p.gold_item_ids) & set(p.positive_gold_item_ids)
+
+
+def test_dm_targets_map_every_iard_code_and_explain():
+    iard = ingest("iard", RAW)
+    codes = iard.tables["iard_codes"]
+    assert set(ACTION_OF_CODE) == set(codes[codes.role == "recommender"].code)
+    target, actions = dm_target(["REJ", "CRI-A"], ["REC-S", "EXP-I"], codes)
+    assert actions == ["Recommend", "Explain"]
+    assert target.startswith("The user's intention: Reject (seeker dislikes the recommended item); Critique-Add")
+    assert target.endswith("<a>Recommend</a><a>Explain</a>")
+    dm = build_dm(iard.tables["iard_turns"], codes, ContextLimits())
+    assert len(dm) == len(iard.tables["iard_turns"]) and dm.prompt.str.startswith("Analyze the conversation context: ").all()
+    with pytest.raises(ValueError, match="has no ReFICR action"):
+        dm_target([], ["XYZ"], codes)
+
+
+def test_response_targets_wrap_item_mentions(redial):
+    resp = build_response("redial", redial.tables["dialogues"], redial.tables["items"], ContextLimits())
+    row = resp[resp.instance_id == "redial:20001#1"].iloc[0]
+    assert row.target == "You should watch <item>Police Academy (1984)</item>"
+    assert "- Recommended Items: Police Academy (1984)\n" in row.prompt
+    assert (resp.item_ids.map(len) == 0).any()  # turns without items are response instances too
+    assert wrap_mentions("I liked Knives Out a lot", [("Knives Out (2019)", "Knives Out")]) == "I liked <item>Knives Out</item> a lot"
