@@ -29,11 +29,10 @@ def main() -> None:
     tables: dict[str, list[pd.DataFrame]] = {}
     report: dict = {"caps": p, "counts": {}}
 
-    def add(task: str, split: str, frame: pd.DataFrame, before: int) -> None:
+    def add(task: str, split: str, dataset: str, frame: pd.DataFrame, before: int) -> None:
         tables.setdefault(f"{task}_{split}", []).append(frame)
         counts = report["counts"].setdefault(f"{task}_{split}", {})
-        ds = frame["dataset"].iloc[0] if len(frame) else "none"
-        counts[ds] = {"before_cap": int(before), "kept": int(len(frame))}
+        counts[dataset] = {"before_cap": int(before), "kept": int(len(frame))}
 
     for dataset in REC_DATASETS:
         base = f"data/interim/{dataset}"
@@ -47,21 +46,21 @@ def main() -> None:
         for split in schemas.SPLITS:
             split_turns = train if split == "train" else turns[turns.split == split].reset_index(drop=True)
             before = len(train_all) if split == "train" else len(split_turns)
-            add("turns", split, split_turns, before)
+            add("turns", split, dataset, split_turns, before)
             pairs = build_conv2item(split_turns, items)
-            add("conv2item", split, pairs, len(pairs))
+            add("conv2item", split, dataset, pairs, len(pairs))
             conv, lonely = build_conv2conv(split_turns, train_all, seed)
-            add("conv2conv", split, conv, len(split_turns))
+            add("conv2conv", split, dataset, conv, len(split_turns))
             report["counts"][f"conv2conv_{split}"][dataset]["without_partner"] = lonely
             split_resp = responses[responses.split == split]
             limit = p["max_response"] if split == "train" else None
-            add("response", split, cap(split_resp, limit, seed), len(split_resp))
+            add("response", split, dataset, cap(split_resp, limit, seed), len(split_resp))
     iard_turns = schemas.read_table("data/interim/iard/iard_turns.parquet", schemas.IARD_TURNS)
     codes = schemas.read_table("data/interim/iard/iard_codes.parquet", schemas.IARD_CODES)
     dm = build_dm(iard_turns, codes, limits)
     for split in ("train", "test"):
         part = dm[dm.split == split]
-        add("dm", split, cap(part, p["max_dm"] if split == "train" else None, seed), len(part))
+        add("dm", split, "iard", cap(part, p["max_dm"] if split == "train" else None, seed), len(part))
     with atomic_dir(ROOT / "data/instructions") as tmp:
         for name, frames in sorted(tables.items()):
             frame = pd.concat(frames, ignore_index=True)

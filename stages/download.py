@@ -12,6 +12,7 @@ import logging
 import os
 
 from pipeline.data.download import download
+from pipeline.data.sources import load_manifest
 from pipeline.io import write_json
 from stages._common import ROOT, load_params, setup_logging
 
@@ -26,7 +27,9 @@ def main() -> None:
     # Each file lands atomically (verified ``.part`` renamed), and ``.part`` files survive a failed run
     # so the next run resumes them (the DVC output is ``persist: true``). The report is written last.
     (out / "download_report.json").unlink(missing_ok=True)
-    report = download(params["data"]["datasets"], out, mirror=mirror, timeout=params["data"]["download_timeout_s"])
+    manifest = params["data"].get("manifest") or ""
+    sources = [s for s in load_manifest(ROOT / manifest) if s.dataset in params["data"]["datasets"]] if manifest else None
+    report = download(params["data"]["datasets"], out, mirror=mirror, timeout=params["data"]["download_timeout_s"], sources=sources)
     for path, info in report.files.items():
         if info["status"] == "absent":
             log.info("optional file not available: %s", path)

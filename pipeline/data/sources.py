@@ -12,6 +12,7 @@ ReDial train subsets are mirror-only: online users get the full train split from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 GH = "https://raw.githubusercontent.com"
 
@@ -110,4 +111,20 @@ def sources_for(datasets: list[str]) -> list[RawFile]:
         if src.dataset in datasets and src.path not in seen:
             seen.add(src.path)
             out.append(src)
+    return out
+
+
+def load_manifest(path: str | Path) -> list[RawFile]:
+    """A custom manifest (JSON list of {dataset, path, sha256 | git_blob, [url], [required]}) for a custom
+    mirror, e.g. the committed test slices: the checksums pin *those* bytes instead of the official ones."""
+    import json
+
+    entries = json.loads(Path(path).read_text())
+    out = []
+    for number, e in enumerate(entries):
+        missing = [k for k in ("dataset", "path") if k not in e]
+        if missing or not (e.get("sha256") or e.get("git_blob")):
+            raise ValueError(f"{path}: entry {number}: needs dataset, path and sha256 or git_blob; got {sorted(e)}")
+        out.append(RawFile(e["dataset"], e["path"], e.get("url", ""), sha256=e.get("sha256"), git_blob=e.get("git_blob"),
+                           required=e.get("required", True), online=bool(e.get("url"))))
     return out
