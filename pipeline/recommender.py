@@ -86,3 +86,50 @@ def random_ranking(retrieved: list[list[str]], n: int, seed_keys: list[str]) -> 
         random.Random(key).shuffle(head)
         out.append(head + list(r[n:]))
     return out
+
+
+@dataclass
+class Turn:
+    """What ReFICR does at one turn: the action, candidates, knowledge, ranking and the response."""
+
+    actions: list[str]
+    dm_output: str
+    candidates: list[str]  # item ids, retrieval order (top N)
+    knowledge: str
+    ranking_output: str
+    recommended: list[str]  # item ids, the model's order
+    response: str
+
+
+class ReFICR:
+    """The whole workflow over one item corpus and one conversation store (e.g. ReDial's)."""
+
+    def __init__(self, lm: RetrievableLM, corpus: ItemCorpus, store: ConversationStore, title: dict[str, str],
+                 n_candidates: int = 10, knowledge_utterances: int = 2, query_length: int = 96, prompt_length: int = 512,
+                 max_context_utterances: int = 12, max_context_chars: int = 1200):
+        self.lm, self.corpus, self.store, self.title = lm, corpus, store, title
+        self.n, self.utterances = n_candidates, knowledge_utterances
+        self.query_length, self.prompt_length = query_length, prompt_length
+        self.limits = (max_context_utterances, max_context_chars)
+
+    def turn(self, context: list[dict], force_recommend: bool = False, max_new_tokens: int = 64) -> Turn:
+        from pipeline.instructions import ACTIONS
+        from pipeline.metrics import parse_actions
+
+        text = templates.render_context(context, *self.limits)
+        dm_output = self.lm.generate([templates.fill(templates.DIALOGUE_MANAGEMENT, context=text)],
+                                     max_new_tokens=max_new_tokens, max_prompt_length=self.prompt_length)[0]
+        actions = parse_actions(dm_output, ACTIONS) or []
+        candidates, knowledge, ranking_output, recommended = [], templates.NO_KNOWLEDGE, "", []
+        if force_recommend or "Recommend" in actions:
+            q = self.lm.embed([text], templates.CONV2ITEM_QUERY, max_length=self.query_length, truncation_side="left")
+            retrieved = self.corpus.top(q, 50)[0]
+            c = self.lm.embed([text], templates.CONV2CONV_QUERY, max_length=self.query_length, truncation_side="left")
+            knowledge = self.store.knowledge(c, [""], self.title, self.utterances)[0]
+            ranked, _, outputs = rank_with_llm(self.lm, [text], [retrieved], self.n, self.title, [knowledge],
+                                               max_new_tokens, 1, self.prompt_length)
+            candidates, ranking_output, recommended = retrieved[: self.n], outputs[0], ranked[0][:3]
+        items = (" " + ", ".join(self.title[i] for i in recommended)) if recommended else " None"
+        response = self.lm.generate([templates.fill(templates.RESPONSE, context=text, items=items)],
+                                    max_new_tokens=max_new_tokens, max_prompt_length=self.prompt_length)[0]
+        return Turn(actions, dm_output, candidates, knowledge, ranking_output, recommended, response)

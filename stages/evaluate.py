@@ -208,7 +208,6 @@ def main(dataset: str) -> None:
                                 "gold_actions": [list(a) for a in dm.actions]})
 
     metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
-    metrics["timing_s"] = timer.times  # nested: a dict of stage parts, not a metric
     # ---------------------------------------------------------------- outputs
     rows = []
     for system, ranked in lists.items():
@@ -224,6 +223,13 @@ def main(dataset: str) -> None:
                                                            "gold": sample.target}))
     if dm_rows is not None:
         write_parquet(out / "dm.parquet", dm_rows)
+    write_json(out / "timing.json", timer.times)  # wall times vary run to run: kept out of the metrics
+    with atomic_path(out / "reficr_items.npy") as tmp:  # reused by `reficr recommend` / `reficr chat`
+        with open(tmp, "wb") as fh:
+            np.save(fh, final_items, allow_pickle=False)
+    with atomic_path(out / "reficr_conversations.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, final_conv_d, allow_pickle=False)
     curve = [{"system": s, "k": k, "recall": metrics[f"{s}.full.recall@{k}.per_item"]}
              for s in lists for k in (1, 5, 10, 50)]
     with atomic_path(ROOT / f"plots/recall_{dataset}.csv") as tmp:

@@ -53,6 +53,13 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tmp_path):
         assert {"instance_id", "dialogue_id", "system", "ranked_item_ids", "gold_item_ids", "gold_seen_in_context"} <= set(predictions.columns)
     assert "dm.accuracy" in json.loads((repo / "metrics/redial.json").read_text())
     assert (repo / "metrics/summary.md").read_text().startswith("# reficr evaluation summary")
+    # the trained recommender answers from the command line
+    (tmp_path / "in.jsonl").write_text(json.dumps({"context": [{"speaker": "seeker", "text": "I loved Super Troopers (2001), any other comedies?"}]}) + "\n")
+    run([str(Path(sys.executable).parent / "reficr"), "recommend", "--dataset", "redial", "--input", str(tmp_path / "in.jsonl"),
+         "--output", str(tmp_path / "out.jsonl"), "--force-recommend", "--root", str(repo)], repo, env)
+    turn = json.loads((tmp_path / "out.jsonl").read_text())
+    assert len(turn["candidates"]) == 10 and turn["recommended"] and isinstance(turn["response"], str)
+    assert all(c.startswith("redial:") for c in turn["candidates"])
     # a second repro does nothing
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo, env)
     # changing the number of negatives re-runs mining, fine-tuning and evaluation only

@@ -103,6 +103,17 @@ def test_a_failed_write_leaves_no_output(redial, tmp_path, monkeypatch):
 
 # ---- bad input -------------------------------------------------------------------------------
 
+def edit_test_record(raw_copy, line_index: int, edit) -> dict:
+    """Apply ``edit`` to the JSON record on one line of the test file; return the edited record."""
+    path = raw_copy / "redial/test_data.jsonl"
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[line_index])
+    edit(record)
+    lines[line_index] = json.dumps(record)
+    path.write_text("\n".join(lines) + "\n")
+    return record
+
+
 def test_truncated_json_line_names_file_and_line(raw_copy):
     path = raw_copy / "redial/test_data.jsonl"
     lines = path.read_text().splitlines()
@@ -113,25 +124,18 @@ def test_truncated_json_line_names_file_and_line(raw_copy):
 
 
 def test_missing_key_names_file_line_and_key(raw_copy):
-    path = raw_copy / "redial/test_data.jsonl"
-    lines = path.read_text().splitlines()
-    record = json.loads(lines[1])
-    del record["respondentWorkerId"]
-    lines[1] = json.dumps(record)
-    path.write_text("\n".join(lines) + "\n")
+    edit_test_record(raw_copy, 1, lambda record: record.pop("respondentWorkerId"))
     with pytest.raises(IngestError, match=r"line 2: key 'respondentWorkerId' missing"):
         ingest("redial", raw_copy)
 
 
 def test_unknown_movie_id_is_a_counted_repair(raw_copy):
-    path = raw_copy / "redial/test_data.jsonl"
-    lines = path.read_text().splitlines()
-    record = json.loads(lines[0])
-    record["messages"][0]["text"] += " and @999999999"
-    record["movieMentions"]["999999999"] = "Nowhere Film  (1999)"
-    record["messages"][1]["text"] += " or @888888888"
-    lines[0] = json.dumps(record)
-    path.write_text("\n".join(lines) + "\n")
+    def edit(record):
+        record["messages"][0]["text"] += " and @999999999"
+        record["movieMentions"]["999999999"] = "Nowhere Film  (1999)"
+        record["messages"][1]["text"] += " or @888888888"
+
+    edit_test_record(raw_copy, 0, edit)
     result = ingest("redial", raw_copy)
     d = result.tables["dialogues"]
     first = d[d.dialogue_id == "redial:20001"].sort_values("turn_index")
@@ -144,12 +148,7 @@ def test_unknown_movie_id_is_a_counted_repair(raw_copy):
 
 
 def test_sender_outside_the_dialogue_is_dropped_and_reported(raw_copy):
-    path = raw_copy / "redial/test_data.jsonl"
-    lines = path.read_text().splitlines()
-    record = json.loads(lines[0])
-    record["messages"][2]["senderWorkerId"] = -1
-    lines[0] = json.dumps(record)
-    path.write_text("\n".join(lines) + "\n")
+    record = edit_test_record(raw_copy, 0, lambda r: r["messages"][2].update(senderWorkerId=-1))
     result = ingest("redial", raw_copy)
     assert result.report["counts"]["dropped:sender_not_a_participant"] == 1
     assert len(result.tables["dialogues"].query("dialogue_id == 'redial:20001'")) == len(record["messages"]) - 1
