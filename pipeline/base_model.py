@@ -90,7 +90,8 @@ def convert_base_model(preset: str, out_dir: str | Path, source_path: str = "") 
         load_dir, kwargs, origin = spec.source, {}, spec.source
     log.info("loading %s from %s", preset, origin)
     tokenizer = AutoTokenizer.from_pretrained(load_dir, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(load_dir, **kwargs)
+    # GGUF weights de-quantize to fp32; a HF checkpoint keeps its own dtype (GritLM-7B: bf16, 14 GB, not 28).
+    model = AutoModelForCausalLM.from_pretrained(load_dir, **kwargs, **({} if "gguf_file" in kwargs else {"dtype": "auto"}))
     if "gguf_file" in kwargs:
         # The weights are plain fp32 tensors now; the GGUF marker only stops save_pretrained.
         model.hf_quantizer = None
