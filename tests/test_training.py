@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_warmup_objective_masks_in_batch_false_negatives(base_dir):
     lm = RetrievableLM.load(base_dir, device="cpu")
     task = RetrievalTask("conv2item", templates.CONV2ITEM_QUERY, templates.CONV2ITEM_SAMPLE, QUERIES[:2],
                          [[ITEMS[0]], [ITEMS[0]]], [{"i0"}, {"i0"}], [[{"i0"}], [{"i0"}]])
-    out = WarmupObjective([task], batch_size=2, temperature=0.05, lengths=LENGTHS)(lm, __import__("random").Random(0))
+    out = WarmupObjective([task], batch_size=2, temperature=0.05, lengths=LENGTHS)(lm, random.Random(0))
     # both queries' positives are the same item: with masking each query sees only its own positive
     assert out.loss_cl.item() == pytest.approx(0.0, abs=1e-6)
 
