@@ -60,6 +60,17 @@ class ConversationStore:
         return out
 
 
+def context_item_lists(dialogues, instance_ids: list[str]) -> list[list[list[str]]]:
+    """Per instance ``<dialogue_id>#<start>``: the item ids of each context utterance (before the turn), oldest first."""
+    by_dialogue = {d: g.sort_values("turn_index") for d, g in dialogues.groupby("dialogue_id")}
+    out = []
+    for instance in instance_ids:
+        dialogue, start = instance.rsplit("#", 1)
+        rows = by_dialogue[dialogue]
+        out.append([list(x) for x in rows.item_ids[rows.turn_index < int(start)]])
+    return out
+
+
 def ranking_prompt(context: str, candidates: list[str], title: dict[str, str], knowledge: str) -> str:
     return templates.fill(templates.RANKING, candidates=templates.number_candidates([title[c] for c in candidates]),
                           context=context, knowledge=knowledge, top_n=len(candidates))

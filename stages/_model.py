@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from pipeline.model import LoraSettings, RetrievableLM
 from pipeline.objectives import Lengths
-from pipeline.training import TrainConfig
+from pipeline.io import atomic_dir, atomic_path
+from pipeline.training import TrainConfig, TrainLoop
 
 BASE = Path("models/base")
 
@@ -41,3 +43,13 @@ def fingerprint(params: dict, *files: str | Path) -> str:
         with open(path, "rb") as fh:
             digest.update(hashlib.sha256(fh.read()).digest())
     return digest.hexdigest()
+
+
+def finish_training(loop: TrainLoop, lm: RetrievableLM, model_dir: Path, plot: Path, extra: dict) -> None:
+    """Save the trained adapter atomically, publish the loss curve for `dvc plots`, drop the resume state."""
+    with atomic_dir(model_dir) as tmp:
+        lm.model = loop.accelerator.unwrap_model(lm.model)
+        lm.save_adapter(tmp, extra=extra)
+    with atomic_path(plot) as tmp:
+        shutil.copyfile(loop.out_dir / "loss.csv", tmp)
+    shutil.rmtree(loop.out_dir)

@@ -31,7 +31,7 @@ from pipeline.instructions import ACTIONS, cap
 from pipeline.io import atomic_path, write_json, write_parquet
 from pipeline.metrics import (Instance, dialogue_management_metrics, distinct_n, parse_actions, perplexity,
                               recommendation_metrics)
-from pipeline.recommender import ConversationStore, ItemCorpus, rank_with_llm, random_ranking
+from pipeline.recommender import ConversationStore, ItemCorpus, context_item_lists, rank_with_llm, random_ranking
 from stages._common import ROOT, load_params, setup_logging
 from stages._model import lengths, load_lm
 
@@ -56,16 +56,6 @@ class Timer:
                 log.info("%s done in %.1f s", name, timer.times[name])
 
         return _Span()
-
-
-def context_item_lists(dialogues: pd.DataFrame, instance_ids: list[str]) -> list[list[list[str]]]:
-    by_dialogue = {d: g.sort_values("turn_index") for d, g in dialogues.groupby("dialogue_id")}
-    out = []
-    for instance in instance_ids:
-        dialogue, start = instance.rsplit("#", 1)
-        rows = by_dialogue[dialogue]
-        out.append([list(x) for x in rows.item_ids[rows.turn_index < int(start)]])
-    return out
 
 
 def main(dataset: str) -> None:

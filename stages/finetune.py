@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 
 import pandas as pd
 
 from pipeline import templates
-from pipeline.io import atomic_dir, atomic_path
 from pipeline.objectives import FinetuneObjective, GenerationTask, RetrievalTask
 from pipeline.training import TrainLoop
 from stages._common import ROOT, load_params, setup_logging
-from stages._model import fingerprint, lengths, load_lm, lora, train_config
+from stages._model import finish_training, fingerprint, lengths, load_lm, lora, train_config
 
 log = logging.getLogger("stages.finetune")
 INPUTS = (
@@ -63,13 +61,8 @@ def main() -> None:
                                   f["lambda_cl"], f["lambda_gen"], f["in_batch_negatives"], lengths(params))
     work = ROOT / "checkpoints/finetune"
     loop = TrainLoop(lm, train_config(params, "finetune"), objective, work, fingerprint=fingerprint(used, *INPUTS))
-    losses = loop.run()
-    with atomic_dir(ROOT / "models/reficr") as tmp:
-        lm.model = loop.accelerator.unwrap_model(lm.model)
-        lm.save_adapter(tmp, extra={"stage": "finetune", "steps": f["steps"], "negatives": params["negatives"]})
-    with atomic_path(ROOT / "plots/finetune_loss.csv") as tmp:
-        shutil.copyfile(losses, tmp)
-    shutil.rmtree(work)
+    loop.run()
+    finish_training(loop, lm, ROOT / "models/reficr", ROOT / "plots/finetune_loss.csv", {"stage": "finetune", "steps": f["steps"], "negatives": params["negatives"]})
     log.info("ReFICR written to models/reficr")
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from pipeline import schemas, templates
 from pipeline.io import atomic_dir, write_json
+from pipeline.recommender import ConversationStore, context_item_lists, ranking_prompt
 from pipeline.mining import build_index, build_ranking_instance, format_ranking_target, mine_conversation_negatives, mine_item_negatives, search
 from stages._common import ROOT, load_params, setup_logging
 from stages._model import lengths, load_lm
@@ -28,28 +29,11 @@ from stages._model import lengths, load_lm
 log = logging.getLogger("stages.mine_negatives")
 
 
-def context_items(dialogues: pd.DataFrame, instance_ids: list[str]) -> list[list[str]]:
-    """Items mentioned in each instance's context (utterances before the turn)."""
-    by_dialogue = {d: g.sort_values("turn_index") for d, g in dialogues.groupby("dialogue_id")}
-    out = []
-    for instance in instance_ids:
-        dialogue, start = instance.rsplit("#", 1)
-        rows = by_dialogue[dialogue]
-        out.append(sorted({i for ids in rows.item_ids[rows.turn_index < int(start)] for i in ids}))
-    return out
-
-
 def fill(chosen: list, k: int, pool: list, forbidden: set, rng: random.Random) -> tuple[list, bool]:
     if len(chosen) >= k:
         return chosen[:k], False
     options = [x for x in pool if x not in forbidden and x not in chosen]
     return chosen + rng.sample(options, min(k - len(chosen), len(options))), True
-
-
-def knowledge_text(doc: pd.Series, title: dict[str, str], last_utterances: int) -> str:
-    said = "\n".join(doc["query"].split("\n")[-last_utterances:])
-    items = ", ".join(title[g] for g in doc["gold_item_ids"])
-    return f"Recommended to a user with a similar conversation: {items}\nTheir last utterances:\n{said}"
 
 
 def main() -> None:
@@ -85,7 +69,8 @@ def main() -> None:
         item_index = build_index(item_vecs, mining["index"], mining["use_gpu"])
         conv_index = build_index(d_conv, mining["index"], mining["use_gpu"])
         indexes[f"{dataset}_items"], indexes[f"{dataset}_conversations"] = item_index, conv_index
-        exclude = context_items(dialogues, turns["instance_id"].tolist()) if mining["exclude_context_items"] else None
+        exclude = ([sorted({i for ids in utts for i in ids}) for utts in context_item_lists(dialogues, turns["instance_id"].tolist())]
+                   if mining["exclude_context_items"] else None)
         item_negs, item_stats = mine_item_negatives(q_item, item_vecs, item_ids, golds, k, mining["pool"], item_index, exclude)
         conv_negs, conv_stats = mine_conversation_negatives(
             q_conv, d_conv, golds, golds, turns["dialogue_id"].tolist(), turns["dialogue_id"].tolist(), item_vecs, item_ids,
@@ -112,13 +97,11 @@ def main() -> None:
                             "negative_gold_item_ids": [list(golds[j]) for j in conv_negs[q]]})
         # Ranking instances: INIT top-N candidates, knowledge from the most similar other training conversation.
         _, retrieved = search(item_index, q_item, n_cand)
-        _, similar = search(conv_index, q_conv, 8)
+        store = ConversationStore(queries, golds, turns["dialogue_id"].tolist(), d_conv)
+        knowledge = store.knowledge(q_conv, turns["dialogue_id"].tolist(), title, params["ranking"]["knowledge_utterances"])
         for q, turn in turns.iterrows():
             inst = build_ranking_instance([item_ids[i] for i in retrieved[q] if i >= 0], golds[q], n_cand, f"{params['seed']}:{turn.instance_id}")
-            other = next((j for j in similar[q] if j >= 0 and turns.dialogue_id[j] != turn.dialogue_id), None)
-            knowledge = knowledge_text(turns.iloc[other], title, params["ranking"]["knowledge_utterances"]) if other is not None else templates.NO_KNOWLEDGE
-            prompt = templates.fill(templates.RANKING, candidates=templates.number_candidates([title[c] for c in inst.candidates]),
-                                    context=turn.query, knowledge=knowledge, top_n=len(inst.candidates))
+            prompt = ranking_prompt(turn.query, inst.candidates, title, knowledge[q])
             out_rank.append({"dataset": dataset, "instance_id": turn.instance_id, "prompt": prompt,
                              "target": format_ranking_target(inst.target_ids), "candidates": inst.candidates})
         report["datasets"][dataset] = {

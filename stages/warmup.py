@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 
 import pandas as pd
 
 from pipeline import templates
-from pipeline.io import atomic_dir, atomic_path
 from pipeline.objectives import RetrievalTask, WarmupObjective
 from pipeline.training import TrainLoop
 from stages._common import ROOT, load_params, setup_logging
-from stages._model import fingerprint, lengths, load_lm, lora, train_config
+from stages._model import finish_training, fingerprint, lengths, load_lm, lora, train_config
 
 log = logging.getLogger("stages.warmup")
 INPUTS = ("data/instructions/conv2item_train.parquet", "data/instructions/conv2conv_train.parquet")
@@ -46,13 +44,8 @@ def main() -> None:
     objective = WarmupObjective(retrieval_pairs(), w["batch_size"], w["temperature"], lengths(params))
     work = ROOT / "checkpoints/warmup"
     loop = TrainLoop(lm, train_config(params, "warmup"), objective, work, fingerprint=fingerprint(used, *INPUTS))
-    losses = loop.run()
-    with atomic_dir(ROOT / "models/init") as tmp:
-        lm.model = loop.accelerator.unwrap_model(lm.model)
-        lm.save_adapter(tmp, extra={"stage": "warmup", "steps": w["steps"]})
-    with atomic_path(ROOT / "plots/warmup_loss.csv") as tmp:
-        shutil.copyfile(losses, tmp)
-    shutil.rmtree(work)
+    loop.run()
+    finish_training(loop, lm, ROOT / "models/init", ROOT / "plots/warmup_loss.csv", {"stage": "warmup", "steps": w["steps"]})
     log.info("ReFICR_INIT written to models/init")
 
 
