@@ -71,6 +71,8 @@ def _load_recommender(dataset: str, root: Path):
     m = params["model"]
     lm = RetrievableLM.load(root / "models/base", adapter=root / "models/reficr", merge=True, device=m["device"],
                             dtype=m["dtype"], quantization=m["quantization"] or None)
+    if not m["quantization"] and m["inference_dtype"] != m["dtype"]:
+        lm.cast(m["inference_dtype"])  # as in evaluation, which embedded the corpus
     items = pd.read_parquet(root / f"data/interim/{dataset}/items.parquet")
     title = {r.item_id: (f"{r.title} ({int(r.year)})" if pd.notna(r.year) else r.title) for r in items.itertuples()}
     corpus = ItemCorpus(items.item_id.tolist(), [title[i] for i in items.item_id],

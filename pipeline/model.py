@@ -202,6 +202,16 @@ class RetrievableLM:
         """Fold the LoRA weights into the base weights (faster inference; no more adapter)."""
         self.model = self.model.merge_and_unload()
 
+    def cast(self, dtype: str) -> None:
+        """Cast every weight to ``dtype`` for inference (e.g. bfloat16: ~3x faster embedding on CPUs with
+        AMX/AVX512-BF16, mean cosine to float32 0.9997, see bench/README.md). Merge an adapter *before*
+        casting, so that the LoRA update is added in full precision. Not for 4-bit models."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        if getattr(self.model, "is_loaded_in_4bit", False):
+            raise ValueError("a 4-bit model cannot be cast; its compute dtype is set when loading")
+        self.model.to(DTYPES[dtype])
+
     # ------------------------------------------------------------------ embedding
     def _prefix_ids(self, prefix: str) -> list[int]:
         if prefix not in self._prefix_cache:
