@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import templates  # noqa: E402
 from pipeline.model import RetrievableLM  # noqa: E402
+from bench.train_probe import gold_ranks, heldout_pool, recall_at  # noqa: E402
 
 
 def embed(lm: RetrievableLM, texts, instruction, max_length, causal, side="right"):
@@ -50,15 +49,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=1000)
     parser.add_argument("--adapter", default="")
     args = parser.parse_args()
-    items = pd.read_parquet(ROOT / f"data/interim/{args.dataset}/items.parquet")
-    turns = pd.read_parquet(ROOT / "data/instructions/turns_test.parquet").query("dataset == @args.dataset")
-    turns = turns.sample(n=min(args.queries, len(turns)), random_state=0)
-    gold = sorted({g for gs in turns.gold_item_ids for g in gs})
-    rng = random.Random(0)
-    others = [i for i in items.item_id if i not in set(gold)]
-    pool_ids = gold + rng.sample(others, max(0, args.pool - len(gold)))
-    desc = dict(zip(items.item_id, items.description))
-    docs = [desc[i] for i in pool_ids]
+    turns, pool_ids, docs = heldout_pool(args.dataset, args.queries, args.pool)
     pos = {i: r for r, i in enumerate(pool_ids)}
     lm = RetrievableLM.load(ROOT / "models/base", adapter=args.adapter or None, device="cpu", merge=bool(args.adapter))
     results = {}
@@ -67,13 +58,7 @@ def main() -> None:
         q = embed(lm, turns["query"].tolist(), templates.CONV2ITEM_QUERY if use_instruction else "", 96, causal, "left")
         d = embed(lm, docs, templates.CONV2ITEM_SAMPLE if use_instruction else "", 64, causal)
         scores = q @ d.T
-        ranks = []
-        for row, gs in enumerate(turns.gold_item_ids):
-            order = np.argsort(-scores[row])
-            where = {int(j): r for r, j in enumerate(order)}
-            ranks += [where[pos[g]] + 1 for g in gs]
-        ranks = np.array(ranks)
-        results[name] = {f"recall@{k}": round(float((ranks <= k).mean()), 4) for k in (1, 10, 50)}
+        results[name] = recall_at(gold_ranks(scores, turns, pool_ids))
         results[name]["mean_gold_cos"] = round(float(np.mean([scores[r, pos[g]] for r, gs in enumerate(turns.gold_item_ids) for g in gs])), 4)
         results[name]["mean_all_cos"] = round(float(scores.mean()), 4)
         print(name, json.dumps(results[name]), flush=True)

@@ -7,7 +7,7 @@
 LoRA (r 16, alpha 32, every projection) on models/base, Conv2Item pairs only, AdamW with the pipeline's linear
 schedule (3% warm-up), bf16 autocast. Every ``--eval-every`` steps: Recall@{1,10,50} per item of ``--queries``
 ReDial *test* turns against a pool of ``--pool`` items (every gold item of those turns plus random others,
-seeded), exactly as ``bench/diagnose_embeddings.py`` builds it, so "chance" is ``k / pool``. Gold items are
+seeded; `bench/diagnose_embeddings.py` uses the same pool), so "chance" is ``k / pool``. Gold items are
 mostly popular and the random others mostly obscure, so a model that learns the catalogue's popularity prior
 also scores here — as it would on the full corpus.
 
@@ -60,16 +60,24 @@ def recall(lm: RetrievableLM, turns: pd.DataFrame, pool_ids: list[str], docs: li
         q = lm.embed(turns["query"].tolist(), templates.CONV2ITEM_QUERY, max_length=96, truncation_side="left", progress=False)
         d = lm.embed(docs, templates.CONV2ITEM_SAMPLE, max_length=64, progress=False)
     scores = q @ d.T
+    out = recall_at(gold_ranks(scores, turns, pool_ids))
+    out["mean_cosine"] = round(float(scores.mean()), 4)
+    return out
+
+
+def gold_ranks(scores: np.ndarray, turns: pd.DataFrame, pool_ids: list[str]) -> np.ndarray:
+    """1-based rank of every gold item of every turn (row of ``scores``) among the pool (columns)."""
     where = {item: col for col, item in enumerate(pool_ids)}
     ranks = []
     for row, golds in enumerate(turns.gold_item_ids):
         order = np.argsort(-scores[row])
         rank_of = {int(col): r + 1 for r, col in enumerate(order)}
         ranks += [rank_of[where[g]] for g in golds]
-    ranks = np.asarray(ranks)
-    out = {f"recall@{k}": round(float((ranks <= k).mean()), 4) for k in (1, 10, 50)}
-    out["mean_cosine"] = round(float(scores.mean()), 4)
-    return out
+    return np.asarray(ranks)
+
+
+def recall_at(ranks: np.ndarray, ks=(1, 10, 50)) -> dict:
+    return {f"recall@{k}": round(float((ranks <= k).mean()), 4) for k in ks}
 
 
 def main() -> None:

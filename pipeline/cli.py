@@ -60,6 +60,7 @@ def _load_recommender(dataset: str, root: Path):
     import pandas as pd
     import yaml
 
+    from pipeline.data.items import item_titles
     from pipeline.model import RetrievableLM
     from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR
 
@@ -70,11 +71,10 @@ def _load_recommender(dataset: str, root: Path):
         raise typer.BadParameter(f"missing {missing}: run `dvc repro` first (finetune and evaluate@{dataset})")
     m = params["model"]
     lm = RetrievableLM.load(root / "models/base", adapter=root / "models/reficr", merge=True, device=m["device"],
-                            dtype=m["dtype"], quantization=m["quantization"] or None)
-    if not m["quantization"] and m["inference_dtype"] != m["dtype"]:
-        lm.cast(m["inference_dtype"])  # as in evaluation, which embedded the corpus
+                            dtype=m["dtype"], quantization=m["quantization"] or None,
+                            inference_dtype=m["inference_dtype"])  # as in evaluation, which embedded the corpus
     items = pd.read_parquet(root / f"data/interim/{dataset}/items.parquet")
-    title = {r.item_id: (f"{r.title} ({int(r.year)})" if pd.notna(r.year) else r.title) for r in items.itertuples()}
+    title = item_titles(items)
     corpus = ItemCorpus(items.item_id.tolist(), [title[i] for i in items.item_id],
                         np.load(needed[1], allow_pickle=False))
     turns = pd.read_parquet(root / "data/instructions/turns_train.parquet").query("dataset == @dataset")

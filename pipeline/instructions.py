@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline import templates
 from pipeline.data.common import hash_fraction
+from pipeline.data.items import item_titles
 
 # IARD recommender codes (as spelled in the file) -> the five system actions of ReFICR's DM task.
 ACTION_OF_CODE = {
@@ -144,7 +145,8 @@ def wrap_mentions(text: str, titles: list[tuple[str, str]]) -> str:
 
 
 def build_response(dataset: str, dialogues: pd.DataFrame, items: pd.DataFrame, limits: ContextLimits) -> pd.DataFrame:
-    title = {r.item_id: (f"{r.title} ({int(r.year)})" if pd.notna(r.year) else r.title, r.title) for r in items.itertuples()}
+    shown = item_titles(items)
+    title = {r.item_id: (shown[r.item_id], r.title) for r in items.itertuples()}
     rows = []
     for dialogue_id, utts in dialogues.sort_values(["dialogue_id", "turn_index"]).groupby("dialogue_id", sort=False):
         utts = utts.reset_index(drop=True)

@@ -97,12 +97,14 @@ class RetrievableLM:
         quantization: str | None = None,
         merge: bool = False,
         trainable: bool = False,
+        inference_dtype: str | None = None,
     ) -> "RetrievableLM":
         """Load a base model folder, optionally 4-bit (``quantization="nf4"``) and with a LoRA adapter.
 
         nf4 uses double quantization and ``dtype`` as compute dtype (QLoRA). bitsandbytes 0.50 also runs
         4-bit layers on the CPU (slowly), which is what the tests use; ``device="cuda"`` without CUDA is
-        an error, never a silent fallback.
+        an error, never a silent fallback. ``inference_dtype`` (not when ``trainable`` or 4-bit): weights are
+        loaded in ``dtype``, the adapter merged, then everything cast (see ``cast``).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -135,6 +137,8 @@ class RetrievableLM:
             lm.load_adapter(adapter, trainable=trainable)
             if merge:
                 lm.merge()
+        if inference_dtype and inference_dtype != dtype and not trainable and not quantization:
+            lm.cast(inference_dtype)  # after the merge: the LoRA update is added in full precision
         lm.model.train(trainable)
         return lm
 

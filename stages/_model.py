@@ -23,11 +23,8 @@ def load_lm(params: dict, adapter: str | Path | None = None, trainable: bool = F
     """The base model (+ adapter). Training uses ``model.dtype``; inference (not ``trainable``) then casts
     to ``model.inference_dtype``, after any merge, unless the model is 4-bit."""
     m = params["model"]
-    lm = RetrievableLM.load(BASE, adapter=adapter, device=m["device"], dtype=m["dtype"],
-                            quantization=m["quantization"] or None, trainable=trainable, merge=merge)
-    if not trainable and not m["quantization"] and m["inference_dtype"] != m["dtype"]:
-        lm.cast(m["inference_dtype"])
-    return lm
+    return RetrievableLM.load(BASE, adapter=adapter, device=m["device"], dtype=m["dtype"], quantization=m["quantization"] or None,
+                              trainable=trainable, merge=merge, inference_dtype=m["inference_dtype"])
 
 
 def lora(params: dict) -> LoraSettings:

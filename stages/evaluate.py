@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schemas, templates
+from pipeline.data.items import item_titles
 from pipeline.baselines import BM25Retriever, context_echo, popularity_ranking
 from pipeline.instructions import ACTIONS, cap
 from pipeline.io import atomic_path, write_json, write_parquet
@@ -76,7 +77,7 @@ def main(dataset: str) -> None:
     gen = cap(retr, ev["max_generation"][dataset] or None, seed)
     log.info("%s: %d test instances, %d in the retrieval sample, %d in the generation sample", dataset, len(turns_test), len(retr), len(gen))
     item_ids = items["item_id"].tolist()
-    title = {r.item_id: (f"{r.title} ({int(r.year)})" if pd.notna(r.year) else r.title) for r in items.itertuples()}
+    title = item_titles(items)
     instances = {row.instance_id: Instance(row.instance_id, row.dialogue_id, list(row.gold_item_ids), list(row.gold_seen_in_context))
                  for row in retr.itertuples()}
     retr_instances = [instances[i] for i in retr.instance_id]

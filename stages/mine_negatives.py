@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schemas, templates
+from pipeline.data.items import item_titles
 from pipeline.io import atomic_dir, write_json
 from pipeline.recommender import ConversationStore, context_item_lists, ranking_prompt
 from pipeline.mining import build_index, build_ranking_instance, format_ranking_target, mine_conversation_negatives, mine_item_negatives, search
@@ -57,7 +58,7 @@ def main() -> None:
         dialogues = schemas.read_table(f"data/interim/{dataset}/dialogues.parquet", schemas.DIALOGUES)
         turns = turns_all[turns_all.dataset == dataset].reset_index(drop=True)
         item_ids = items["item_id"].tolist()
-        title = {r.item_id: (f"{r.title} ({int(r.year)})" if pd.notna(r.year) else r.title) for r in items.itertuples()}
+        title = item_titles(items)
         description = dict(zip(items["item_id"], items["description"]))
         log.info("%s: embedding %d items and %d training contexts (x3) with ReFICR_INIT", dataset, len(items), len(turns))
         item_vecs = init.embed(items["description"].tolist(), templates.CONV2ITEM_SAMPLE, batch_size=batch, max_length=ln.document)

@@ -26,6 +26,11 @@ class Movie:
     year: int | None
 
 
+def item_titles(items: pd.DataFrame) -> dict[str, str]:
+    """``item_id -> "Title (year)"`` (the title alone when the year is unknown), as prompts and the CLI show items."""
+    return {r.item_id: display_title(r.title, int(r.year) if pd.notna(r.year) else None) for r in items.itertuples()}
+
+
 def read_redial_movies(path: str | Path, log: IngestLog) -> dict[str, Movie]:
     """Parse ``movies_with_mentions.csv`` (CRLF, header movieId,movieName,nbMentions)."""
     text = read_text(path, "ReDial movies CSV with columns movieId,movieName,nbMentions")
