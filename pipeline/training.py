@@ -190,12 +190,12 @@ class TrainLoop:
                 rng = random.Random(f"{cfg.seed}:{self.step}:{micro}")
                 with self.accelerator.autocast():
                     out = self.compute_loss(self.lm, rng)
-                if not torch.isfinite(out.loss):
-                    raise TrainingDiverged(
-                        f"loss is {out.loss.item()} at step {self.step} (loss_cl={float(out.loss_cl)}, "
-                        f"loss_gen={float(out.loss_gen)}); lower the learning rate or check the data")
+                loss, loss_cl, loss_gen = (float(t.detach()) for t in (out.loss, out.loss_cl, out.loss_gen))
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(f"loss is {loss} at step {self.step} (loss_cl={loss_cl}, "
+                                           f"loss_gen={loss_gen}); lower the learning rate or check the data")
                 self.accelerator.backward(out.loss / cfg.grad_accum)
-                totals += [float(out.loss), float(out.loss_cl), float(out.loss_gen)]
+                totals += [loss, loss_cl, loss_gen]
             if cfg.max_grad_norm:
                 self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
             lr = self.optimizer.param_groups[0]["lr"]
