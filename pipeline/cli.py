@@ -1,8 +1,8 @@
-"""The ``reficr`` command line: a thin layer over the library and the DVC stages.
+"""The ``reficr`` command line: a thin layer over the library.
 
     reficr profile tiny            # make params.yaml the tiny / small / gritlm-7b profile
-    reficr data download           # the download stage (REFICR_DATA_MIRROR=<folder> for a mirror)
-    reficr data ingest redial      # one ingest stage
+    reficr data download           # raw files into data/raw (REFICR_DATA_MIRROR=<folder> for a mirror)
+    reficr data ingest redial      # one dataset's raw files -> data/interim/redial
     reficr recommend --dataset redial --input conversations.jsonl --output out.jsonl
     reficr chat --dataset redial   # talk to the trained recommender in the terminal
 """
@@ -39,50 +39,41 @@ def profile(name: str = typer.Argument(..., help="small | tiny | gritlm-7b"),
 
 
 @data_app.command("download")
-def download() -> None:
-    """Fetch the raw files into data/raw (or copy them from REFICR_DATA_MIRROR)."""
-    from stages.download import main
+def download(datasets: list[str] = typer.Option(["redial", "inspired", "iard"], "--dataset", help="repeat for several"),
+             mirror: Path | None = typer.Option(None, envvar="REFICR_DATA_MIRROR", help="a folder laid out like data/raw"),
+             timeout: float = typer.Option(60.0, help="seconds per HTTP request"),
+             manifest: Path | None = typer.Option(None, help="a JSON manifest of your own pinned files"),
+             root: Path = typer.Option(Path("."), help="project root")) -> None:
+    """Fetch the raw files into data/raw (or copy them from a mirror); `dvc repro download` is the same with params.yaml."""
+    from pipeline.data.download import fetch_raw
 
-    main()
+    summary = fetch_raw(datasets, root / "data/raw", mirror, timeout, manifest)
+    typer.echo(f"{root / 'data/raw'}: {summary['counts']}")
 
 
 @data_app.command("ingest")
-def ingest(dataset: str = typer.Argument(..., help="redial | inspired | iard")) -> None:
+def ingest(dataset: str = typer.Argument(..., help="redial | inspired | iard"),
+           seed: int = typer.Option(0), valid_fraction: float = typer.Option(0.1, help="ReDial train dialogues held out as valid"),
+           heldout_fraction: float = typer.Option(0.15, help="IARD dialogues held out for evaluation"),
+           root: Path = typer.Option(Path("."), help="project root")) -> None:
     """Raw files of one dataset -> data/interim/<dataset>/*.parquet + ingest_report.json."""
-    from stages.ingest import main
+    from pipeline.data.ingest import DATASETS, ingest as run_ingest, write_ingest
 
-    main(dataset)
+    if dataset not in DATASETS:
+        raise typer.BadParameter(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    result = run_ingest(dataset, root / "data/raw", seed=seed, redial_valid_fraction=valid_fraction, iard_heldout_fraction=heldout_fraction)
+    write_ingest(result, root / "data/interim" / dataset)
+    typer.echo(f"{root / 'data/interim' / dataset}: {result.report.get('splits')}")
 
 
 def _load_recommender(dataset: str, root: Path):
-    """The fine-tuned model with the item and conversation embeddings the evaluate stage saved."""
-    import numpy as np
-    import pandas as pd
-    import yaml
+    """The trained system `evaluate@<dataset>` saved (one loading path: ``ReFICR.from_run``)."""
+    from pipeline.recommender import ReFICR
 
-    from pipeline.data.items import item_titles
-    from pipeline.model import RetrievableLM
-    from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR
-
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    needed = [root / "models/reficr", root / f"data/eval/{dataset}/reficr_items.npy", root / f"data/eval/{dataset}/reficr_conversations.npy"]
-    missing = [str(p) for p in needed if not p.exists()]
-    if missing:
-        raise typer.BadParameter(f"missing {missing}: run `dvc repro` first (finetune and evaluate@{dataset})")
-    m = params["model"]
-    lm = RetrievableLM.load(root / "models/base", adapter=root / "models/reficr", merge=True, device=m["device"],
-                            dtype=m["dtype"], quantization=m["quantization"] or None,
-                            inference_dtype=m["inference_dtype"])  # as in evaluation, which embedded the corpus
-    items = pd.read_parquet(root / f"data/interim/{dataset}/items.parquet")
-    title = item_titles(items)
-    corpus = ItemCorpus(items.item_id.tolist(), [title[i] for i in items.item_id],
-                        np.load(needed[1], allow_pickle=False))
-    turns = pd.read_parquet(root / "data/instructions/turns_train.parquet").query("dataset == @dataset")
-    store = ConversationStore(turns["query"].tolist(), [list(g) for g in turns.gold_item_ids], turns.dialogue_id.tolist(),
-                              np.load(needed[2], allow_pickle=False))
-    ins = params["instructions"]
-    return ReFICR(lm, corpus, store, title, params["ranking"]["candidates"], params["ranking"]["knowledge_utterances"],
-                  params["lengths"]["query"], params["lengths"]["prompt"], ins["context_max_utterances"], ins["context_max_chars"])
+    try:
+        return ReFICR.from_run(root, dataset)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err)) from err
 
 
 def _context(record: dict, where: str) -> list[dict]:
@@ -102,17 +93,18 @@ def recommend(dataset: str = typer.Option("redial", help="redial | inspired: whi
     """Batch: conversations in, ReFICR's turn (action, candidates, ranking, response) out."""
     from pipeline.io import atomic_path
 
-    system = _load_recommender(dataset, root)
-    records = []
+    records = []  # the whole input is checked before the model is loaded
     for number, line in enumerate(input.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                records.append((number, json.loads(line)))
+                record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise typer.BadParameter(f"{input}: line {number}: invalid JSON ({err.msg})") from err
+            records.append(_context(record if isinstance(record, dict) else {}, f"{input}: line {number}"))
+    system = _load_recommender(dataset, root)
     with atomic_path(output) as tmp, open(tmp, "w") as fh:
-        for number, record in records:
-            turn = system.turn(_context(record, f"{input}: line {number}"), force_recommend=force_recommend)
+        for context in records:
+            turn = system.turn(context, force_recommend=force_recommend)
             out = asdict(turn) | {"recommended_titles": [system.title[i] for i in turn.recommended]}
             fh.write(json.dumps(out, ensure_ascii=False) + "\n")
     typer.echo(f"{len(records)} conversations -> {output}")

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipeline import templates
-from pipeline.data.common import hash_fraction
+from pipeline.data.common import hash_fraction, recommender_runs
 from pipeline.data.items import item_titles
+from pipeline.schemas import instance_id
 
 # IARD recommender codes (as spelled in the file) -> the five system actions of ReFICR's DM task.
 ACTION_OF_CODE = {
@@ -44,8 +45,8 @@ ACTIONS = ("Recommend", "Explain", "Chat", "Respond", "Request")
 class ContextLimits:
     """How much of a conversation a prompt or query keeps (its most recent part)."""
 
-    max_utterances: int = 20
-    max_chars: int = 2000
+    max_utterances: int
+    max_chars: int
 
 
 def cap(frame: pd.DataFrame, limit: int | None, seed: int, key: str = "instance_id") -> pd.DataFrame:
@@ -127,7 +128,7 @@ def build_dm(iard_turns: pd.DataFrame, codes: pd.DataFrame, limits: ContextLimit
         context = templates.render_context(t.context, limits.max_utterances, limits.max_chars)
         target, actions = dm_target(list(t.user_intents), list(t.system_actions), codes)
         rows.append({"dataset": "iard", "instance_id": t.instance_id, "dialogue_id": t.dialogue_id, "split": t.split,
-                     "prompt": templates.fill(templates.DIALOGUE_MANAGEMENT, context=context),
+                     "prompt": templates.dialogue_management_prompt(context),
                      "target": target, "actions": actions})
     return pd.DataFrame(rows, columns=["dataset", "instance_id", "dialogue_id", "split", "prompt", "target", "actions"])
 
@@ -145,33 +146,69 @@ def wrap_mentions(text: str, titles: list[tuple[str, str]]) -> str:
 
 
 def build_response(dataset: str, dialogues: pd.DataFrame, items: pd.DataFrame, limits: ContextLimits) -> pd.DataFrame:
+    """One instance per recommender turn (a maximal run of recommender utterances) with a non-empty context."""
     shown = item_titles(items)
     title = {r.item_id: (shown[r.item_id], r.title) for r in items.itertuples()}
     rows = []
     for dialogue_id, utts in dialogues.sort_values(["dialogue_id", "turn_index"]).groupby("dialogue_id", sort=False):
         utts = utts.reset_index(drop=True)
-        i = 0
-        while i < len(utts):
-            if utts.speaker[i] != "recommender":
-                i += 1
+        for i, j in recommender_runs(utts.speaker.tolist()):
+            if i == 0:
                 continue
-            j = i
-            while j < len(utts) and utts.speaker[j] == "recommender":
-                j += 1
-            if i > 0:
-                mentioned = []
-                for ids in utts.item_ids[i:j]:
-                    mentioned += [x for x in ids if x in title and x not in mentioned]
-                context = [{"speaker": s, "text": x} for s, x in zip(utts.speaker[:i], utts.text[:i])]
-                response = "\n".join(utts.text[i:j])
-                item_list = ", ".join(title[x][0] for x in mentioned) if mentioned else " None"
-                rows.append({
-                    "dataset": dataset, "instance_id": f"{dialogue_id}#{i}", "dialogue_id": dialogue_id, "split": utts.split[i],
-                    "prompt": templates.fill(templates.RESPONSE,
-                                             context=templates.render_context(context, limits.max_utterances, limits.max_chars),
-                                             items=(" " + item_list) if mentioned else item_list),
-                    "target": wrap_mentions(response, [title[x] for x in mentioned]),
-                    "item_ids": mentioned,
-                })
-            i = j
+            mentioned = []
+            for ids in utts.item_ids[i:j]:
+                mentioned += [x for x in ids if x in title and x not in mentioned]
+            context = [{"speaker": s, "text": x} for s, x in zip(utts.speaker[:i], utts.text[:i])]
+            rows.append({
+                "dataset": dataset, "instance_id": instance_id(dialogue_id, i), "dialogue_id": dialogue_id, "split": utts.split[i],
+                "prompt": templates.response_prompt(templates.render_context(context, limits.max_utterances, limits.max_chars),
+                                                    [title[x][0] for x in mentioned]),
+                "target": wrap_mentions("\n".join(utts.text[i:j]), [title[x] for x in mentioned]),
+                "item_ids": mentioned,
+            })
     return pd.DataFrame(rows, columns=["dataset", "instance_id", "dialogue_id", "split", "prompt", "target", "item_ids"])
+
+
+@dataclass(frozen=True)
+class InstructionCaps:
+    """How many training instances each task keeps (``instructions.*``), chosen by a seeded hash of the id."""
+
+    max_train_turns: dict[str, int]  # per recommendation dataset
+    max_response: int
+    max_dm: int
+    seed: int
+
+
+def build_instruction_tables(rec_data: dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]], iard_turns: pd.DataFrame,
+                             iard_codes: pd.DataFrame, limits: ContextLimits,
+                             caps: InstructionCaps) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Every ``{task}_{split}`` table from the ingest tables (``rec_data``: dataset -> (items, dialogues, rec_turns)),
+    and the counts per task, split and dataset before and after the caps."""
+    tables: dict[str, list[pd.DataFrame]] = {}
+    counts: dict = {}
+
+    def add(task: str, split: str, dataset: str, frame: pd.DataFrame, before: int) -> dict:
+        tables.setdefault(f"{task}_{split}", []).append(frame)
+        entry = {"before_cap": int(before), "kept": int(len(frame))}
+        counts.setdefault(f"{task}_{split}", {})[dataset] = entry
+        return entry
+
+    for dataset, (items, dialogues, rec_turns) in rec_data.items():
+        turns = build_turns(dataset, rec_turns, limits)
+        train_all = turns[turns.split == "train"]
+        train = cap(train_all, caps.max_train_turns[dataset], caps.seed)
+        responses = build_response(dataset, dialogues, items, limits)
+        for split in ("train", "valid", "test"):
+            split_turns = train if split == "train" else turns[turns.split == split].reset_index(drop=True)
+            add("turns", split, dataset, split_turns, len(train_all) if split == "train" else len(split_turns))
+            pairs = build_conv2item(split_turns, items)
+            add("conv2item", split, dataset, pairs, len(pairs))
+            conv, lonely = build_conv2conv(split_turns, train_all, caps.seed)
+            add("conv2conv", split, dataset, conv, len(split_turns))["without_partner"] = lonely
+            split_resp = responses[responses.split == split]
+            add("response", split, dataset, cap(split_resp, caps.max_response if split == "train" else None, caps.seed), len(split_resp))
+    dm = build_dm(iard_turns, iard_codes, limits)
+    for split in ("train", "test"):
+        part = dm[dm.split == split]
+        add("dm", split, "iard", cap(part, caps.max_dm if split == "train" else None, caps.seed), len(part))
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in sorted(tables.items())}, counts

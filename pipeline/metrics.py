@@ -100,43 +100,24 @@ def recommendation_metrics(ranked: dict[str, list[str]], instances: list[Instanc
     return out
 
 
-# ----------------------------------------------------------------------------- ranking output
-@dataclass
-class ParsedRanking:
-    order: list[int]  # valid 1-based identifiers, first occurrence order
-    parsed: bool  # at least one valid identifier
-    unknown: int  # identifiers outside 1..n
-    duplicates: int
-    free_text_lines: int  # non-empty lines without an identifier
+def paired_difference(ranked_a: dict[str, list[str]], ranked_b: dict[str, list[str]], instances: list[Instance], k: int,
+                      bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Recall@k per item of system a minus system b on the same (instance, gold item) samples, with a paired
+    bootstrap CI over dialogues (both systems' samples of a dialogue move together)."""
+    diffs, groups = [], []
+    for inst in instances:
+        a = item_samples(ranked_a[inst.instance_id], inst.gold, k)["recall"]
+        b = item_samples(ranked_b[inst.instance_id], inst.gold, k)["recall"]
+        diffs += [x - y for x, y in zip(a, b)]
+        groups += [inst.dialogue_id] * len(inst.gold)
+    low, high = bootstrap_ci(diffs, groups, bootstrap, seed, level)
+    return {"": float(np.mean(diffs)) if diffs else float("nan"), ".ci_low": low, ".ci_high": high, ".n": len(diffs)}
 
 
-_ID = re.compile(r"\[(\d+)\]")
-
-
-def parse_ranking(text: str, n: int) -> ParsedRanking:
-    """Identifiers ``[i]`` in order of appearance; unknown ids, duplicates and free text are counted."""
-    order, unknown, duplicates, free = [], 0, 0, 0
-    for line in text.splitlines():
-        ids = _ID.findall(line)
-        if not ids and line.strip():
-            free += 1
-        for raw in ids:
-            value = int(raw)
-            if not 1 <= value <= n:
-                unknown += 1
-            elif value in order:
-                duplicates += 1
-            else:
-                order.append(value)
-    return ParsedRanking(order, bool(order), unknown, duplicates, free)
-
-
-def apply_ranking(candidates: list[str], retrieved: list[str], parsed: ParsedRanking) -> list[str]:
-    """The model's order of the candidates, then candidates it left out (retrieval order), then the rest of
-    the retrieval list: a full list, so Recall@50 stays defined."""
-    head = [candidates[i - 1] for i in parsed.order]
-    rest = [c for c in retrieved if c not in head]
-    return head + rest
+def majority_action_set(train_actions: list[list[str]]) -> list[str]:
+    """The most frequent action set of the training turns (ties: the first seen): the DM baseline."""
+    counts = Counter(tuple(sorted(a)) for a in train_actions)
+    return list(max(counts, key=lambda key: counts[key])) if counts else []
 
 
 # ----------------------------------------------------------------------------- conversation

@@ -1,9 +1,7 @@
 """Hard-negative mining with FAISS over ReFICR_INIT embeddings (paper Eq. 2 and Eq. 3), and the ranking
 instances that need the same retrieval.
 
-All vectors are L2-normalised float32, so inner product = cosine. The index is exact (``IndexFlatIP``) by
-default; ``hnsw`` and ``ivf`` are options for large corpora, and ``use_gpu`` moves the index to every GPU
-faiss-gpu sees.
+All vectors are L2-normalised float32, so inner product = cosine (indexes: ``pipeline.index``).
 
 - ``mine_item_negatives`` (Eq. 2): per query, the ``pool`` most similar items, minus its gold items (and,
   optionally, the items mentioned in its context), the first ``k`` kept.
@@ -12,43 +10,27 @@ faiss-gpu sees.
   ``sim(d_i, d_j)`` aggregates the gold items' similarities (``max`` over pairs by default: a conversation
   whose gold is close to *any* of ours is penalised; ``mean`` is the alternative); conversations that share a
   gold item or come from the same dialogue are removed; the top ``k`` kept.
-- ``build_ranking_instances``: the top-N candidates, gold inserted when missing, shuffled with a seed,
-  numbered [1]..[N]; target = gold identifiers first, then the rest by INIT similarity.
+- ``mine_dataset``: both, for one dataset's training turns, assembled into the rows of
+  ``data/negatives/{conv2item,conv2conv,ranking_train}.parquet`` (ranking instances: ``pipeline.ranking``).
+  Short negative lists (a pool too small after removing gold items) are filled with random non-gold
+  documents from a seeded RNG, and counted.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
+import pandas as pd
 
-
-def build_index(vectors: np.ndarray, kind: str = "flat", use_gpu: bool = False, nlist: int = 256, hnsw_m: int = 32):
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dim = vectors.shape[1]
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "ivf":
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, min(nlist, max(1, len(vectors) // 39)), faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-    else:
-        raise ValueError(f"index kind {kind!r}; expected flat, hnsw or ivf")
-    if use_gpu:
-        if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
-            raise RuntimeError("mining.use_gpu is set but faiss sees no GPU (install faiss-gpu on a CUDA machine)")
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(vectors)
-    return index
-
-
-def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    k = min(k, index.ntotal)
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+from pipeline import templates
+from pipeline.data.items import item_titles
+from pipeline.index import build_index, search
+from pipeline.ranking import build_ranking_instance, format_ranking_target
+from pipeline.encoder import Encoder
+from pipeline.recommender import ConversationStore, context_item_lists
 
 
 @dataclass
@@ -143,28 +125,96 @@ def mine_conversation_negatives(
     return negatives, stats
 
 
+# ----------------------------------------------------------------------------- one dataset, end to end
+@dataclass(frozen=True)
+class MiningSettings:
+    negatives: int  # k: mined negatives per query
+    pool: int  # neighbours searched before gold items are removed
+    index: str  # flat | hnsw | ivf
+    use_gpu: bool
+    exclude_context_items: bool
+    conv_aggregation: str  # max | mean
+    candidates: int  # N: candidates in a ranking instance
+    knowledge_utterances: int  # last utterances of the similar conversation shown as knowledge
+    seed: int
+
+
 @dataclass
-class RankingInstance:
-    candidates: list[str]  # item ids in prompt order: [1] is candidates[0]
-    target_ids: list[int]  # 1-based identifiers, best first
+class MinedDataset:
+    conv2item: list[dict]
+    conv2conv: list[dict]
+    ranking: list[dict]
+    report: dict
+    indexes: dict = field(default_factory=dict)  # name -> faiss index, saved beside the negatives
 
 
-def build_ranking_instance(retrieved: list[str], gold: list[str], n: int, seed_key: str) -> RankingInstance:
-    """Top-``n`` retrieved items with the gold items put in when missing (they replace the lowest-ranked
-    non-gold ones), shuffled with a seed; target = gold first (in gold order), then by retrieval rank."""
-    gold = [g for g in gold][:n]
-    top = list(retrieved[:n])
-    missing = [g for g in gold if g not in top]
-    keep = [x for x in top if x in gold] + [x for x in top if x not in gold]
-    keep = keep[: n - len(missing)] if missing else keep
-    chosen = keep + missing
-    rank = {item: r for r, item in enumerate(retrieved)}
-    order = gold + sorted((x for x in chosen if x not in gold), key=lambda x: rank.get(x, len(rank)))
-    shuffled = list(chosen)
-    random.Random(seed_key).shuffle(shuffled)
-    ident = {item: i + 1 for i, item in enumerate(shuffled)}
-    return RankingInstance(shuffled, [ident[x] for x in order if x in ident])
+def fill_short_list(chosen: list, k: int, pool: list, forbidden: set, rng: random.Random) -> tuple[list, bool]:
+    """``chosen`` topped up to ``k`` with random members of ``pool`` outside ``forbidden``; and whether it was."""
+    if len(chosen) >= k:
+        return chosen[:k], False
+    options = [x for x in pool if x not in forbidden and x not in chosen]
+    return chosen + rng.sample(options, min(k - len(chosen), len(options))), True
 
 
-def format_ranking_target(target_ids: list[int]) -> str:
-    return "\n".join(f"[{i}]" for i in target_ids)
+def mine_dataset(dataset: str, encoder: Encoder, items: pd.DataFrame, dialogues: pd.DataFrame, turns: pd.DataFrame,
+                 conv2item: pd.DataFrame, conv2conv: pd.DataFrame, s: MiningSettings, rng: random.Random) -> MinedDataset:
+    """Eq. 2 and Eq. 3 negatives and ranking instances for one dataset's training ``turns`` (and its pairs)."""
+    start = time.perf_counter()
+    k = s.negatives
+    item_ids = items["item_id"].tolist()
+    title = item_titles(items)
+    description = dict(zip(items["item_id"], items["description"]))
+    item_vecs = encoder.items(items["description"].tolist())
+    queries = turns["query"].tolist()
+    q_item = encoder.conversations(queries, templates.CONV2ITEM_QUERY)
+    q_conv = encoder.conversations(queries, templates.CONV2CONV_QUERY)
+    d_conv = encoder.conversations(queries, templates.CONV2CONV_SAMPLE)
+    golds = [list(g) for g in turns["gold_item_ids"]]
+    dialogue_ids = turns["dialogue_id"].tolist()
+    item_index = build_index(item_vecs, s.index, s.use_gpu)
+    conv_index = build_index(d_conv, s.index, s.use_gpu)
+    exclude = ([sorted({i for ids in utts for i in ids}) for utts in context_item_lists(dialogues, turns["instance_id"].tolist())]
+               if s.exclude_context_items else None)
+    item_negs, item_stats = mine_item_negatives(q_item, item_vecs, item_ids, golds, k, s.pool, item_index, exclude)
+    conv_negs, conv_stats = mine_conversation_negatives(q_conv, d_conv, golds, golds, dialogue_ids, dialogue_ids, item_vecs,
+                                                        item_ids, k, s.pool, s.conv_aggregation, conv_index)
+    filled_items = filled_convs = 0
+    for q in range(len(turns)):
+        item_negs[q], was = fill_short_list(item_negs[q], k, item_ids, set(golds[q]), rng)
+        filled_items += was
+        if len(conv_negs[q]) < k:
+            bad = {j for j in range(len(turns)) if set(golds[j]) & set(golds[q]) or dialogue_ids[j] == dialogue_ids[q]}
+            conv_negs[q], _ = fill_short_list(conv_negs[q], k, list(range(len(turns))), bad, rng)
+            filled_convs += 1
+    row_of = {iid: q for q, iid in enumerate(turns["instance_id"])}
+    out = MinedDataset([], [], [], {}, {f"{dataset}_items": item_index, f"{dataset}_conversations": conv_index})
+    for pair in conv2item.itertuples():
+        negs = item_negs[row_of[pair.instance_id]]
+        out.conv2item.append({"dataset": dataset, "instance_id": pair.instance_id, "query": pair.query, "positive": pair.positive,
+                              "item_id": pair.item_id, "gold_item_ids": list(pair.gold_item_ids),
+                              "negative_ids": negs, "negatives": [description[i] for i in negs]})
+    for pair in conv2conv.itertuples():
+        negs = conv_negs[row_of[pair.instance_id]]
+        out.conv2conv.append({"dataset": dataset, "instance_id": pair.instance_id, "query": pair.query, "positive": pair.positive,
+                              "gold_item_ids": list(pair.gold_item_ids), "positive_gold_item_ids": list(pair.positive_gold_item_ids),
+                              "negatives": [queries[j] for j in negs], "negative_gold_item_ids": [list(golds[j]) for j in negs]})
+    # Ranking instances: INIT top-N candidates, knowledge from the most similar other training conversation.
+    _, retrieved = search(item_index, q_item, s.candidates)
+    store = ConversationStore(queries, golds, dialogue_ids, d_conv)
+    knowledge = store.knowledge(q_conv, dialogue_ids, title, s.knowledge_utterances)
+    retrieved_ids = [[item_ids[i] for i in row if i >= 0] for row in retrieved]
+    for q, turn in enumerate(turns.itertuples()):
+        inst = build_ranking_instance(retrieved_ids[q], golds[q], s.candidates, f"{s.seed}:{turn.instance_id}")
+        out.ranking.append({"dataset": dataset, "instance_id": turn.instance_id,
+                            "prompt": templates.ranking_prompt(turn.query, [title[c] for c in inst.candidates], knowledge[q]),
+                            "target": format_ranking_target(inst.target_ids), "candidates": inst.candidates})
+    out.report = {
+        "items": len(items), "train_turns": len(turns),
+        "conv2item": item_stats.as_dict() | {"filled_short_lists": filled_items},
+        "conv2conv": {key: v for key, v in conv_stats.as_dict().items() if key in ("queries", "mean_negative_sim", "short_lists")}
+        | {"filled_short_lists": filled_convs},
+        "gold_in_top_n_candidates": round(float(np.mean([any(g in retrieved_ids[q] for g in golds[q]) for q in range(len(turns))])), 5)
+        if len(turns) else 0.0,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return out

@@ -54,6 +54,7 @@ class LoraSettings:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    layers: int | None = None  # adapt only the top N decoder layers (those below then need no backward); None: all
 
 
 class CudaRequiredError(RuntimeError):
@@ -154,9 +155,11 @@ class RetrievableLM:
         return model.get_decoder() if hasattr(model, "get_decoder") else model.model
 
     # ------------------------------------------------------------------ LoRA
-    def attach_lora(self, settings: LoraSettings) -> None:
+    def attach_lora(self, settings: LoraSettings, seed: int | None = None) -> None:
+        """LoRA adapters on the base model; their random init is drawn from ``seed`` (else the global RNG)."""
         from peft import LoraConfig, get_peft_model
 
+        n = self.model.config.num_hidden_layers
         config = LoraConfig(
             r=settings.r,
             lora_alpha=settings.alpha,
@@ -164,8 +167,12 @@ class RetrievableLM:
             target_modules=list(settings.target_modules),
             bias="none",
             task_type="CAUSAL_LM",
+            layers_to_transform=list(range(max(0, n - settings.layers), n)) if settings.layers else None,
         )
-        self.model = get_peft_model(self.model, config)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.model = get_peft_model(self.model, config)
         self.lora = settings
 
     def save_adapter(self, out_dir: str | Path, extra: dict | None = None) -> None:

@@ -14,18 +14,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 
+from pipeline import templates
+from pipeline.catalogue import CatalogueTask, catalogue_step_loss
 from pipeline.losses import JointLossOutput, in_batch_info_nce, joint_loss, key_overlap_mask, mined_negatives_loss
 from pipeline.model import RetrievableLM
-
-
-@dataclass
-class Lengths:
-    query: int = 128  # tokens of a conversation query (its most recent part is kept)
-    document: int = 64  # tokens of an item description / conversation document
-    prompt: int = 512  # tokens of a generation prompt (its end is kept)
-    target: int = 128  # tokens of a generation target
+from pipeline.settings import Lengths
 
 
 @dataclass
@@ -78,7 +74,7 @@ class WarmupObjective:
     tasks: list[RetrievalTask]
     batch_size: int
     temperature: float
-    lengths: Lengths = field(default_factory=Lengths)
+    lengths: Lengths
 
     def __call__(self, lm: RetrievableLM, rng: random.Random) -> JointLossOutput:
         losses = []
@@ -103,10 +99,16 @@ class FinetuneObjective:
     retrieval_batch: int
     generation_batch: int
     temperature: float
+    lengths: Lengths
     lambda_cl: float = 1.0
     lambda_gen: float = 1.0
-    in_batch_negatives: bool = True
-    lengths: Lengths = field(default_factory=Lengths)
+    in_batch_negatives: bool = True  # the paper's code scores the other queries' documents too
+    catalogue: list[CatalogueTask] = field(default_factory=list)  # Conv2Item against whole catalogues (an extension)
+    catalogue_batch: int = 0  # queries per catalogue task per step
+
+    def extra_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Parameters the objective owns (learned item biases), trained beside the adapter."""
+        return {task.name: task.bias for task in self.catalogue if task.bias is not None}
 
     def __call__(self, lm: RetrievableLM, rng: random.Random) -> JointLossOutput:
         losses = []
@@ -122,6 +124,10 @@ class FinetuneObjective:
             keys = [key for i in idx for key in task.doc_keys[i]]
             mask = key_overlap_mask([task.query_gold[i] for i in idx], keys).to(q.device)
             losses.append(mined_negatives_loss(q, d, self.temperature, group, self.in_batch_negatives, mask))
+        for task in self.catalogue:
+            if len(task):
+                idx = _sample(rng, len(task), self.catalogue_batch)
+                losses.append(catalogue_step_loss(lm, task, idx, self.temperature, self.lengths.query))
         device = lm.device
         loss_cl = torch.stack(losses).mean() if losses else torch.zeros((), device=device)
         tasks = [t for t in self.generation if len(t)]
@@ -136,3 +142,36 @@ class FinetuneObjective:
         else:
             loss_gen = torch.zeros((), device=device)
         return joint_loss(loss_cl, loss_gen, self.lambda_cl, self.lambda_gen)
+
+
+# ----------------------------------------------------------------------------- tasks from instruction tables
+def warmup_tasks(conv2item: pd.DataFrame, conv2conv: pd.DataFrame) -> list[RetrievalTask]:
+    """ReFICR_INIT's pairs: (context, gold item description) and (context, another context with a shared gold)."""
+    return [
+        RetrievalTask("conv2item", templates.CONV2ITEM_QUERY, templates.CONV2ITEM_SAMPLE, conv2item["query"].tolist(),
+                      [[p] for p in conv2item["positive"]], [set(g) for g in conv2item["gold_item_ids"]],
+                      [[{i}] for i in conv2item["item_id"]]),
+        RetrievalTask("conv2conv", templates.CONV2CONV_QUERY, templates.CONV2CONV_SAMPLE, conv2conv["query"].tolist(),
+                      [[p] for p in conv2conv["positive"]], [set(g) for g in conv2conv["gold_item_ids"]],
+                      [[set(g)] for g in conv2conv["positive_gold_item_ids"]], doc_truncation="left"),
+    ]
+
+
+def finetune_tasks(conv2item: pd.DataFrame, conv2conv: pd.DataFrame, ranking: pd.DataFrame, dm: pd.DataFrame,
+                   response: pd.DataFrame) -> tuple[list[RetrievalTask], list[GenerationTask]]:
+    """Joint fine-tuning's tasks: mined groups ``[positive, negatives...]`` (data/negatives) and the three
+    generation tasks (ranking, dialogue management, response generation)."""
+    retrieval = [
+        RetrievalTask("conv2item", templates.CONV2ITEM_QUERY, templates.CONV2ITEM_SAMPLE, conv2item["query"].tolist(),
+                      [[p, *list(n)] for p, n in zip(conv2item["positive"], conv2item["negatives"])],
+                      [set(g) for g in conv2item["gold_item_ids"]],
+                      [[{i}, *({x} for x in n)] for i, n in zip(conv2item["item_id"], conv2item["negative_ids"])]),
+        RetrievalTask("conv2conv", templates.CONV2CONV_QUERY, templates.CONV2CONV_SAMPLE, conv2conv["query"].tolist(),
+                      [[p, *list(n)] for p, n in zip(conv2conv["positive"], conv2conv["negatives"])],
+                      [set(g) for g in conv2conv["gold_item_ids"]],
+                      [[set(pg), *(set(x) for x in ng)] for pg, ng in zip(conv2conv["positive_gold_item_ids"], conv2conv["negative_gold_item_ids"])],
+                      doc_truncation="left"),
+    ]
+    generation = [GenerationTask(name, f["prompt"].tolist(), f["target"].tolist())
+                  for name, f in (("ranking", ranking), ("dm", dm), ("response", response))]
+    return retrieval, generation

@@ -1,36 +1,67 @@
-"""The ReFICR workflow as a library (paper Fig. 1): retrieve candidates (Conv2Item), retrieve collaborative
-knowledge (Conv2Conv), rank the candidates with the LLM, manage the dialogue, generate the response.
+"""The ReFICR workflow as a library (paper Fig. 1): manage the dialogue, retrieve candidates (Conv2Item),
+retrieve collaborative knowledge (Conv2Conv), rank the candidates with the LLM, generate the response.
 
-The evaluation stage and the CLI both use it. Embedding matrices are L2-normalised float32; search is exact
-inner product through FAISS.
+``ReFICR`` works on batches of rendered contexts, so that evaluation (``pipeline.evaluation``), mining and the
+CLI run the same code; ``ReFICR.turn`` is one conversation turn, and ``ReFICR.from_run`` loads the trained
+system that ``evaluate@<dataset>`` saved. Embedding matrices are L2-normalised float32; search is exact
+inner product (``pipeline.index``).
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipeline import templates
-from pipeline.metrics import ParsedRanking, apply_ranking, parse_ranking
-from pipeline.mining import build_index, search
+from pipeline.data.items import item_titles
+from pipeline.encoder import Encoder
+from pipeline.index import build_index, search
+from pipeline.instructions import ACTIONS
+from pipeline.metrics import parse_actions
 from pipeline.model import RetrievableLM
+from pipeline.ranking import ParsedRanking, rank_with_llm
+from pipeline.schemas import instance_start
+from pipeline.settings import ModelSettings, RecommenderSettings
+
+# Conv2Conv searches this many neighbours to find one from *another* dialogue (a context's own dialogue's
+# other turns are its nearest neighbours); a query left with none gets NO_KNOWLEDGE.
+KNOWLEDGE_NEIGHBOURS = 8
+# What `evaluate@<dataset>` saves in data/eval/<dataset>/ for `from_run`.
+RUN_MANIFEST = "recommender.json"
+ITEMS_FILE, BIAS_FILE, CONVERSATIONS_FILE = "reficr_items.npy", "reficr_item_bias.npy", "reficr_conversations.npy"
 
 
 @dataclass
 class ItemCorpus:
+    """The items retrieval ranks: by cosine to the query, plus a per-item score ``bias`` when the run learned one
+    (``pipeline.catalogue``; searched exactly as one more dimension: [item, bias] . [query, 1])."""
+
     item_ids: list[str]
-    titles: list[str]  # "Title (Year)"
     vectors: np.ndarray
+    bias: np.ndarray | None = None
 
     def __post_init__(self):
-        self.index = build_index(self.vectors)
-        self.position = {item: i for i, item in enumerate(self.item_ids)}
+        self.index = build_index(self._augment(self.vectors, self.bias))
+
+    @staticmethod
+    def _augment(vectors: np.ndarray, column: np.ndarray | float | None) -> np.ndarray:
+        if column is None:
+            return vectors
+        column = np.broadcast_to(np.asarray(column, dtype=np.float32), (len(vectors),))
+        return np.hstack([vectors, column[:, None]]).astype(np.float32)
 
     def top(self, query_vecs: np.ndarray, k: int) -> list[list[str]]:
-        _, ids = search(self.index, query_vecs, k)
+        _, ids = search(self.index, self._augment(query_vecs, None if self.bias is None else 1.0), k)
         return [[self.item_ids[i] for i in row if i >= 0] for row in ids]
+
+    def scores(self, query_vecs: np.ndarray) -> np.ndarray:
+        """Every item's retrieval score per query [queries, items]: cosine (+ bias)."""
+        scores = query_vecs @ self.vectors.T
+        return scores + self.bias[None, :] if self.bias is not None else scores
 
 
 @dataclass
@@ -45,9 +76,13 @@ class ConversationStore:
     def __post_init__(self):
         self.index = build_index(self.vectors)
 
+    @classmethod
+    def from_turns(cls, turns: pd.DataFrame, vectors: np.ndarray) -> "ConversationStore":
+        return cls(turns["query"].tolist(), [list(g) for g in turns["gold_item_ids"]], turns["dialogue_id"].tolist(), vectors)
+
     def knowledge(self, query_vecs: np.ndarray, dialogue_ids: list[str], title: dict[str, str], utterances: int) -> list[str]:
         """For each query, what was recommended to the most similar other conversation, and its last words."""
-        _, ids = search(self.index, query_vecs, 8)
+        _, ids = search(self.index, query_vecs, KNOWLEDGE_NEIGHBOURS)
         out = []
         for row, own in zip(ids, dialogue_ids):
             j = next((int(j) for j in row if j >= 0 and self.dialogue_ids[j] != own), None)
@@ -60,42 +95,14 @@ class ConversationStore:
         return out
 
 
-def context_item_lists(dialogues, instance_ids: list[str]) -> list[list[list[str]]]:
-    """Per instance ``<dialogue_id>#<start>``: the item ids of each context utterance (before the turn), oldest first."""
+def context_item_lists(dialogues: pd.DataFrame, instance_ids: list[str]) -> list[list[list[str]]]:
+    """Per instance: the item ids of each context utterance (before the turn), oldest first."""
     by_dialogue = {d: g.sort_values("turn_index") for d, g in dialogues.groupby("dialogue_id")}
     out = []
     for instance in instance_ids:
-        dialogue, start = instance.rsplit("#", 1)
+        dialogue, start = instance_start(instance)
         rows = by_dialogue[dialogue]
-        out.append([list(x) for x in rows.item_ids[rows.turn_index < int(start)]])
-    return out
-
-
-def ranking_prompt(context: str, candidates: list[str], title: dict[str, str], knowledge: str) -> str:
-    return templates.fill(templates.RANKING, candidates=templates.number_candidates([title[c] for c in candidates]),
-                          context=context, knowledge=knowledge, top_n=len(candidates))
-
-
-def rank_with_llm(lm: RetrievableLM, contexts: list[str], retrieved: list[list[str]], n: int, title: dict[str, str],
-                  knowledge: list[str], max_new_tokens: int, batch_size: int, max_prompt_length: int) -> tuple[list[list[str]], list[ParsedRanking], list[str]]:
-    """The LLM's ranking of the top-``n`` candidates, then the retrieval order (so Recall@50 stays defined)."""
-    prompts = [ranking_prompt(c, r[:n], title, k) for c, r, k in zip(contexts, retrieved, knowledge)]
-    outputs = lm.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, max_prompt_length=max_prompt_length)
-    ranked, parsed = [], []
-    for out, r in zip(outputs, retrieved):
-        p = parse_ranking(out, len(r[:n]))
-        parsed.append(p)
-        ranked.append(apply_ranking(r[:n], r, p))
-    return ranked, parsed, outputs
-
-
-def random_ranking(retrieved: list[list[str]], n: int, seed_keys: list[str]) -> list[list[str]]:
-    """Ablation: the top-``n`` candidates in a seeded random order, then the retrieval order."""
-    out = []
-    for r, key in zip(retrieved, seed_keys):
-        head = list(r[:n])
-        random.Random(key).shuffle(head)
-        out.append(head + list(r[n:]))
+        out.append([list(x) for x in rows.item_ids[rows.turn_index < start]])
     return out
 
 
@@ -116,31 +123,91 @@ class ReFICR:
     """The whole workflow over one item corpus and one conversation store (e.g. ReDial's)."""
 
     def __init__(self, lm: RetrievableLM, corpus: ItemCorpus, store: ConversationStore, title: dict[str, str],
-                 n_candidates: int = 10, knowledge_utterances: int = 2, query_length: int = 96, prompt_length: int = 512,
-                 max_context_utterances: int = 12, max_context_chars: int = 1200):
-        self.lm, self.corpus, self.store, self.title = lm, corpus, store, title
-        self.n, self.utterances = n_candidates, knowledge_utterances
-        self.query_length, self.prompt_length = query_length, prompt_length
-        self.limits = (max_context_utterances, max_context_chars)
+                 settings: RecommenderSettings):
+        self.lm, self.corpus, self.store, self.title, self.settings = lm, corpus, store, title, settings
+        self.encoder = Encoder(lm, settings.query_length, settings.document_length, settings.embed_batch)
 
-    def turn(self, context: list[dict], force_recommend: bool = False, max_new_tokens: int = 64) -> Turn:
-        from pipeline.instructions import ACTIONS
-        from pipeline.metrics import parse_actions
+    # ------------------------------------------------------------------ loading a trained run
+    @classmethod
+    def from_run(cls, root: str | Path, dataset: str) -> "ReFICR":
+        """The fine-tuned model with the item and conversation embeddings ``evaluate@<dataset>`` saved, loaded
+        with the settings it ran with (``data/eval/<dataset>/recommender.json``)."""
+        root = Path(root)
+        run = root / "data/eval" / dataset
+        needed = [root / "models/reficr", run / RUN_MANIFEST, run / ITEMS_FILE, run / CONVERSATIONS_FILE,
+                  root / f"data/interim/{dataset}/items.parquet", root / "data/instructions/turns_train.parquet"]
+        missing = [str(p) for p in needed if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"no trained run for {dataset} under {root}: missing {', '.join(missing)}; "
+                                    f"`dvc repro evaluate@{dataset}` makes it")
+        manifest = json.loads((run / RUN_MANIFEST).read_text())
+        lm = ModelSettings(**manifest["model"]).load(root / "models/base", adapter=root / "models/reficr", merge=True)
+        items = pd.read_parquet(needed[4])
+        turns = pd.read_parquet(needed[5])
+        turns = turns[turns["dataset"] == dataset]
+        bias = np.load(run / BIAS_FILE, allow_pickle=False) if (run / BIAS_FILE).exists() else None
+        corpus = ItemCorpus(items["item_id"].tolist(), np.load(needed[2], allow_pickle=False), bias)
+        store = ConversationStore.from_turns(turns, np.load(needed[3], allow_pickle=False))
+        return cls(lm, corpus, store, item_titles(items), RecommenderSettings(**manifest["settings"]))
 
-        text = templates.render_context(context, *self.limits)
-        dm_output = self.lm.generate([templates.fill(templates.DIALOGUE_MANAGEMENT, context=text)],
-                                     max_new_tokens=max_new_tokens, max_prompt_length=self.prompt_length)[0]
+    def save_run(self, folder: str | Path, model: ModelSettings) -> None:
+        """What ``from_run`` loads besides the model: the corpus and conversation embeddings and the settings."""
+        folder = Path(folder)
+        np.save(folder / ITEMS_FILE, self.corpus.vectors, allow_pickle=False)
+        if self.corpus.bias is not None:
+            np.save(folder / BIAS_FILE, self.corpus.bias, allow_pickle=False)
+        np.save(folder / CONVERSATIONS_FILE, self.store.vectors, allow_pickle=False)
+        manifest = {"model": asdict(model), "settings": asdict(self.settings)}
+        (folder / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ the subtasks, batched
+    def render(self, context: list[dict]) -> str:
+        return templates.render_context(context, self.settings.context_max_utterances, self.settings.context_max_chars)
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy generation in batches of ``generation_batch``, prompts cut to ``prompt_length`` (their end kept)."""
+        return self.lm.generate(prompts, max_new_tokens=max_new_tokens, batch_size=self.settings.generation_batch,
+                                max_prompt_length=self.settings.prompt_length)
+
+    def manage(self, texts: list[str]) -> list[str]:
+        """Dialogue management: the generated explanation + ``<a>Action</a>`` tags per context."""
+        return self.generate([templates.dialogue_management_prompt(t) for t in texts], self.settings.max_new_tokens_dm)
+
+    def retrieve(self, texts: list[str], instruction: str = templates.CONV2ITEM_QUERY) -> list[list[str]]:
+        """Conv2Item: the top ``top_k`` items of the whole corpus per context."""
+        return self.corpus.top(self.encoder.conversations(texts, instruction), self.settings.top_k)
+
+    def item_scores(self, texts: list[str]) -> np.ndarray:
+        """Conv2Item scores of every corpus item per context (what ``retrieve`` ranks by)."""
+        return self.corpus.scores(self.encoder.conversations(texts, templates.CONV2ITEM_QUERY))
+
+    def knowledge(self, texts: list[str], dialogue_ids: list[str]) -> list[str]:
+        """Conv2Conv: collaborative knowledge from the most similar training conversation of another dialogue."""
+        vecs = self.encoder.conversations(texts, templates.CONV2CONV_QUERY)
+        return self.store.knowledge(vecs, dialogue_ids, self.title, self.settings.knowledge_utterances)
+
+    def rank(self, texts: list[str], retrieved: list[list[str]],
+             knowledge: list[str]) -> tuple[list[list[str]], list[ParsedRanking], list[str]]:
+        s = self.settings
+        return rank_with_llm(self.lm, texts, retrieved, s.candidates, self.title, knowledge, s.max_new_tokens_ranking,
+                             s.generation_batch, s.prompt_length)
+
+    def respond(self, texts: list[str], items: list[list[str]]) -> list[str]:
+        """Response generation naming ``items`` (ids) per context; no items gives the prompt's 'None'."""
+        prompts = [templates.response_prompt(t, [self.title[i] for i in ids]) for t, ids in zip(texts, items)]
+        return self.generate(prompts, self.settings.max_new_tokens_response)
+
+    # ------------------------------------------------------------------ one turn
+    def turn(self, context: list[dict], force_recommend: bool = False) -> Turn:
+        text = self.render(context)
+        dm_output = self.manage([text])[0]
         actions = parse_actions(dm_output, ACTIONS) or []
         candidates, knowledge, ranking_output, recommended = [], templates.NO_KNOWLEDGE, "", []
         if force_recommend or "Recommend" in actions:
-            q = self.lm.embed([text], templates.CONV2ITEM_QUERY, max_length=self.query_length, truncation_side="left")
-            retrieved = self.corpus.top(q, 50)[0]
-            c = self.lm.embed([text], templates.CONV2CONV_QUERY, max_length=self.query_length, truncation_side="left")
-            knowledge = self.store.knowledge(c, [""], self.title, self.utterances)[0]
-            ranked, _, outputs = rank_with_llm(self.lm, [text], [retrieved], self.n, self.title, [knowledge],
-                                               max_new_tokens, 1, self.prompt_length)
-            candidates, ranking_output, recommended = retrieved[: self.n], outputs[0], ranked[0][:3]
-        items = (" " + ", ".join(self.title[i] for i in recommended)) if recommended else " None"
-        response = self.lm.generate([templates.fill(templates.RESPONSE, context=text, items=items)],
-                                    max_new_tokens=max_new_tokens, max_prompt_length=self.prompt_length)[0]
+            retrieved = self.retrieve([text])
+            knowledge = self.knowledge([text], [""])[0]
+            ranked, _, outputs = self.rank([text], retrieved, [knowledge])
+            candidates, ranking_output = retrieved[0][: self.settings.candidates], outputs[0]
+            recommended = ranked[0][: self.settings.items_in_response]
+        response = self.respond([text], [recommended])[0]
         return Turn(actions, dm_output, candidates, knowledge, ranking_output, recommended, response)

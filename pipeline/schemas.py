@@ -15,6 +15,17 @@ SPEAKERS = ("seeker", "recommender")
 SPLITS = ("train", "valid", "test")
 
 
+def instance_id(dialogue_id: str, start: int) -> str:
+    """The id of the instance whose turn starts at utterance ``start`` of ``dialogue_id``: ``<dialogue>#<start>``."""
+    return f"{dialogue_id}#{start}"
+
+
+def instance_start(instance: str) -> tuple[str, int]:
+    """``instance_id``'s inverse: (dialogue id, index of the turn's first utterance)."""
+    dialogue, start = instance.rsplit("#", 1)
+    return dialogue, int(start)
+
+
 class SchemaError(ValueError):
     """A table does not match its contract."""
 

@@ -67,3 +67,20 @@ def render_context(context, max_utterances: int, max_chars: int) -> str:
 
 def number_candidates(titles: list[str]) -> str:
     return "\n".join(f"[{i}] {title}" for i, title in enumerate(titles, start=1))
+
+
+# ----------------------------------------------------------------------------- prompt builders
+# The only places a generation prompt is assembled (instructions, mining, evaluation and the CLI use them).
+def ranking_prompt(context: str, candidate_titles: list[str], knowledge: str) -> str:
+    """The ranking prompt over ``candidate_titles`` (numbered [1]..[N] in the given order)."""
+    return fill(RANKING, candidates=number_candidates(candidate_titles), context=context, knowledge=knowledge,
+                top_n=len(candidate_titles))
+
+
+def response_prompt(context: str, item_titles: list[str]) -> str:
+    """The response-generation prompt; no items is written ' None' (the slot follows 'Recommended Items:')."""
+    return fill(RESPONSE, context=context, items=(" " + ", ".join(item_titles)) if item_titles else " None")
+
+
+def dialogue_management_prompt(context: str) -> str:
+    return fill(DIALOGUE_MANAGEMENT, context=context)

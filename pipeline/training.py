@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from pipeline.io import atomic_dir, atomic_path
 from pipeline.losses import JointLossOutput
 from pipeline.model import RetrievableLM
 
@@ -46,16 +48,27 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    steps: int = 100
-    lr: float = 2e-4
+    """One training run's settings (``warmup.*`` / ``finetune.*``); the defaults are the small profile's."""
+
+    steps: int
+    lr: float
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     grad_accum: int = 1
     max_grad_norm: float = 1.0
-    save_every: int = 50
+    save_every: int = 10
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
+
+
+def run_fingerprint(settings: dict, *files: str | Path) -> str:
+    """Hash of the settings and input files a training run depends on (a checkpoint is resumed only if equal)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in files:
+        with open(path, "rb") as fh:
+            digest.update(hashlib.sha256(fh.read()).digest())
+    return digest.hexdigest()
 
 
 def linear_schedule(step: int, total: int, warmup_ratio: float) -> float:
@@ -67,11 +80,13 @@ def linear_schedule(step: int, total: int, warmup_ratio: float) -> float:
 
 
 LossFn = Callable[[RetrievableLM, random.Random], JointLossOutput]
+Validator = Callable[[RetrievableLM], list[dict]]  # rows of held-out scores (same keys each time)
 
 
 class TrainLoop:
     def __init__(self, lm: RetrievableLM, config: TrainConfig, compute_loss: LossFn, out_dir: str | Path,
-                 stop_after: int | None = None, fingerprint: str = ""):
+                 stop_after: int | None = None, fingerprint: str = "", extra_params: dict[str, torch.nn.Parameter] | None = None,
+                 extra_lr: float | None = None, validate: Validator | None = None, validate_every: int = 0):
         from accelerate import Accelerator
 
         self.lm, self.config, self.compute_loss = lm, config, compute_loss
@@ -84,11 +99,16 @@ class TrainLoop:
             lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(lm.model, "enable_input_require_grads"):
                 lm.model.enable_input_require_grads()
+        self.extra_params = dict(extra_params or {})  # trained beside the adapter (e.g. item biases), own lr
+        self.validate, self.validate_every = validate, validate_every
         self.params = [p for p in lm.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("no trainable parameters: attach a LoRA adapter first")
         self.names = [n for n, p in lm.model.named_parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        groups = [{"params": self.params}]
+        if self.extra_params:
+            groups.append({"params": list(self.extra_params.values()), "lr": extra_lr or config.lr})
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         # The scheduler stays a plain LambdaLR (its position is just the step, restored on resume).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: linear_schedule(s, config.steps, config.warmup_ratio))
@@ -115,6 +135,8 @@ class TrainLoop:
                     tensors[f"opt.{pid}.{key}"] = value.detach().cpu().contiguous()
                 else:
                     meta["state"][str(pid)][key] = value
+        for name, param in self.extra_params.items():
+            tensors[f"extra.{name}"] = param.detach().cpu().contiguous()
         tensors["rng.torch"] = torch.get_rng_state()
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -143,6 +165,9 @@ class TrainLoop:
         tensors = load_file(folder / "state.safetensors")
         model = self.accelerator.unwrap_model(self.lm.model)
         set_peft_model_state_dict(model, load_adapter_file(folder / "adapter/adapter_model.safetensors"))
+        with torch.no_grad():
+            for name, param in self.extra_params.items():
+                param.copy_(tensors[f"extra.{name}"])
         state = {"param_groups": meta["param_groups"], "state": {}}
         for pid, scalars in meta["state"].items():
             entry = dict(scalars)
@@ -181,6 +206,7 @@ class TrainLoop:
                 csv.writer(fh).writerow(["step", "loss", "loss_cl", "loss_gen", "lr"])
         else:
             self._truncate_log(losses_path)
+            self._truncate_log(self.out_dir / "validation.csv")
         self.lm.model.train()
         started, first = time.perf_counter(), self.step
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step")
@@ -210,12 +236,46 @@ class TrainLoop:
             done = self.step - first
             eta = (time.perf_counter() - started) / done * (cfg.steps - self.step)
             bar.set_postfix(loss=f"{row[0]:.4f}", eta=f"{eta:.0f}s")
+            if self.validate and (self.step % self.validate_every == 0 or self.step == cfg.steps):
+                self._validate()
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
             if self.stop_after is not None and done >= self.stop_after:
                 break
         bar.close()
         return losses_path
+
+    def _validate(self) -> None:
+        """Score the model on held-out data now; rows go to ``<out_dir>/validation.csv`` with the step."""
+        self.lm.model.eval()
+        with torch.no_grad():
+            rows = self.validate(self.lm)
+        self.lm.model.train()
+        path = self.out_dir / "validation.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["step", *rows[0]])
+            writer.writerows([self.step, *(f"{v:.6f}" if isinstance(v, float) else v for v in row.values())] for row in rows)
+        log.info("validation at step %d: %s", self.step, rows)
+
+    def finish(self, model_dir: str | Path, plot: str | Path, extra: dict, tensor_file: str = "",
+               validation_plot: str | Path | None = None) -> None:
+        """Save the trained adapter (and the extra parameters, as ``tensor_file``) atomically, publish the loss
+        and validation curves (for ``dvc plots``), drop the resume state."""
+        with atomic_dir(model_dir) as tmp:
+            self.lm.model = self.accelerator.unwrap_model(self.lm.model)
+            self.lm.save_adapter(tmp, extra=extra)
+            if self.extra_params:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.extra_params.items()}, tmp / tensor_file)
+        with atomic_path(plot) as tmp:
+            shutil.copyfile(self.out_dir / "loss.csv", tmp)
+        if validation_plot is not None:  # no validation ran: a header-only curve, so the plot output exists
+            with atomic_path(validation_plot) as tmp:
+                source = self.out_dir / "validation.csv"
+                shutil.copyfile(source, tmp) if source.exists() else tmp.write_text("step\n")
+        shutil.rmtree(self.out_dir)
 
     def _truncate_log(self, path: Path) -> None:
         """Drop log rows past the checkpoint's step (written after it, before the run died)."""

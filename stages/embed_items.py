@@ -7,31 +7,29 @@ reused by evaluation (they change only with the base model, the items or the len
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import numpy as np
 
-from pipeline import schemas, templates
+from pipeline import schemas
 from pipeline.io import atomic_path
+from pipeline.encoder import Encoder
 from stages._common import ROOT, load_params, setup_logging
-from stages._model import lengths, load_lm
+from stages._params import lengths, model_settings
 
 log = logging.getLogger("stages.embed_items")
 
 
 def main(dataset: str) -> None:
     setup_logging()
-    os.chdir(ROOT)
     params = load_params()
-    items = schemas.read_table(f"data/interim/{dataset}/items.parquet", schemas.ITEMS)
-    lm = load_lm(params)
+    items = schemas.read_table(ROOT / f"data/interim/{dataset}/items.parquet", schemas.ITEMS)
+    ln = lengths(params)
+    encoder = Encoder(model_settings(params).load(ROOT / "models/base"), ln.query, ln.document, params["embed"]["batch_size"])
     log.info("%s: embedding %d item descriptions with the base model", dataset, len(items))
-    vectors = lm.embed(items["description"].tolist(), templates.CONV2ITEM_SAMPLE, batch_size=params["embed"]["batch_size"],
-                       max_length=lengths(params).document)
-    with atomic_path(ROOT / f"data/embeddings/base/{dataset}_items.npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, vectors, allow_pickle=False)
+    vectors = encoder.items(items["description"].tolist())
+    with atomic_path(ROOT / f"data/embeddings/base/{dataset}_items.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, vectors, allow_pickle=False)
 
 
 if __name__ == "__main__":

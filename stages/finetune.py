@@ -1,7 +1,9 @@
 """DVC stage `finetune` (Eq. 4-7): from the base model (INIT only mines), LoRA/QLoRA per profile; each step
-a batch of retrieval queries with 1 positive + `negatives` mined negatives (plus in-batch negatives, a
-parameter) and a batch of generation instances (ranking, dialogue management, response generation).
-Output: models/reficr (adapter), plots/finetune_loss.csv.
+a batch of retrieval queries and a batch of generation instances (ranking, dialogue management, response
+generation). Conv2Item is the paper's (1 positive + `negatives` mined negatives, plus in-batch negatives, a
+parameter) or, with `finetune.retrieval_objective: catalogue`, a softmax over the whole catalogue against the
+base model's item table with an optional learned item bias (``pipeline.catalogue``: an extension).
+Output: models/reficr (adapter [+ item_bias.safetensors]), plots/finetune_loss.csv, plots/finetune_validation.csv.
 
     python -m stages.finetune
     accelerate launch --num_processes 4 -m stages.finetune     # several GPUs (DDP)
@@ -10,15 +12,16 @@ Output: models/reficr (adapter), plots/finetune_loss.csv.
 from __future__ import annotations
 
 import logging
-import os
 
+import numpy as np
 import pandas as pd
 
-from pipeline import templates
-from pipeline.objectives import FinetuneObjective, GenerationTask, RetrievalTask
-from pipeline.training import TrainLoop
+from pipeline import schemas
+from pipeline.catalogue import BIAS_FILE, CatalogueValidation, catalogue_tasks
+from pipeline.objectives import FinetuneObjective, finetune_tasks
 from stages._common import ROOT, load_params, setup_logging
-from stages._model import finish_training, fingerprint, lengths, load_lm, lora, train_config
+from stages._params import lengths
+from stages._training import train_adapter
 
 log = logging.getLogger("stages.finetune")
 INPUTS = (
@@ -28,41 +31,43 @@ INPUTS = (
     "data/instructions/dm_train.parquet",
     "data/instructions/response_train.parquet",
 )
+DATASETS = ("redial", "inspired")
+USED = ("seed", "negatives", "model", "lengths", "embed", "finetune")
 
 
-def tasks() -> tuple[list[RetrievalTask], list[GenerationTask]]:
-    c2i, c2c, rank, dm, resp = (pd.read_parquet(p) for p in INPUTS)
-    retrieval = [
-        RetrievalTask("conv2item", templates.CONV2ITEM_QUERY, templates.CONV2ITEM_SAMPLE, c2i["query"].tolist(),
-                      [[p, *list(n)] for p, n in zip(c2i["positive"], c2i["negatives"])],
-                      [set(g) for g in c2i["gold_item_ids"]],
-                      [[{i}, *({x} for x in n)] for i, n in zip(c2i["item_id"], c2i["negative_ids"])]),
-        RetrievalTask("conv2conv", templates.CONV2CONV_QUERY, templates.CONV2CONV_SAMPLE, c2c["query"].tolist(),
-                      [[p, *list(n)] for p, n in zip(c2c["positive"], c2c["negatives"])],
-                      [set(g) for g in c2c["gold_item_ids"]],
-                      [[set(pg), *(set(x) for x in ng)] for pg, ng in zip(c2c["positive_gold_item_ids"], c2c["negative_gold_item_ids"])],
-                      doc_truncation="left"),
-    ]
-    generation = [GenerationTask(name, f["prompt"].tolist(), f["target"].tolist())
-                  for name, f in (("ranking", rank), ("dm", dm), ("response", resp))]
-    return retrieval, generation
+def catalogue_inputs(params: dict, conv2item: pd.DataFrame):
+    """The catalogue tasks (empty for the paper's objective) and the validator of the validation split (every
+    ``validate_every`` steps and at the end; 0 = none, the curve is then empty). With the paper's objective the
+    validator re-embeds both catalogues each time (minutes on a CPU); with the catalogue objective only queries."""
+    f, ln = params["finetune"], lengths(params)
+    items = {d: schemas.read_table(ROOT / f"data/interim/{d}/items.parquet", schemas.ITEMS) for d in DATASETS}
+    tasks = []
+    if f["retrieval_objective"] == "catalogue":
+        tables = {d: np.load(ROOT / f"data/embeddings/base/{d}_items.npy", allow_pickle=False) for d in DATASETS}
+        tasks = catalogue_tasks(conv2item, items, tables, f["item_bias"])
+    elif f["retrieval_objective"] != "mined":
+        raise ValueError(f"finetune.retrieval_objective {f['retrieval_objective']!r}; expected mined or catalogue")
+    if not f["validate_every"]:
+        return tasks, None
+    return tasks, CatalogueValidation.build(pd.read_parquet(ROOT / "data/instructions/turns_valid.parquet"), items, tasks,
+                                            f["validation_queries"], params["seed"], f["temperature"], ln.query, ln.document,
+                                            params["embed"]["batch_size"])
 
 
 def main() -> None:
     setup_logging()
-    os.chdir(ROOT)
     params = load_params()
     f = params["finetune"]
-    used = {k: params[k] for k in ("seed", "negatives", "model", "lengths", "finetune")}
-    lm = load_lm(params, trainable=True)
-    lm.attach_lora(lora(params))
-    retrieval, generation = tasks()
+    frames = [pd.read_parquet(ROOT / p) for p in INPUTS]
+    retrieval, generation = finetune_tasks(*frames)
+    catalogue, validate = catalogue_inputs(params, frames[0])
+    if catalogue:  # Conv2Item against the whole catalogue replaces its mined form; Conv2Conv stays the paper's
+        retrieval = [t for t in retrieval if t.name != "conv2item"]
     objective = FinetuneObjective(retrieval, generation, f["retrieval_batch"], f["generation_batch"], f["temperature"],
-                                  f["lambda_cl"], f["lambda_gen"], f["in_batch_negatives"], lengths(params))
-    work = ROOT / "checkpoints/finetune"
-    loop = TrainLoop(lm, train_config(params, "finetune"), objective, work, fingerprint=fingerprint(used, *INPUTS))
-    loop.run()
-    finish_training(loop, lm, ROOT / "models/reficr", ROOT / "plots/finetune_loss.csv", {"stage": "finetune", "steps": f["steps"], "negatives": params["negatives"]})
+                                  lengths(params), f["lambda_cl"], f["lambda_gen"], f["in_batch_negatives"],
+                                  catalogue, f["catalogue_batch"])
+    extra = {"negatives": params["negatives"], "retrieval_objective": f["retrieval_objective"], "temperature": f["temperature"]}
+    train_adapter(params, "finetune", USED, INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)
     log.info("ReFICR written to models/reficr")
 
 

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+
+from pipeline.evaluation import SYSTEM_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -28,6 +31,29 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 1500) -> str:
     return result.stdout + result.stderr
 
 
+def stale_stages(status: str) -> set[str]:
+    """Stage names in `dvc status` output (its unindented 'name:' lines)."""
+    return {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith("\t") and line.strip().endswith(":")}
+
+
+def echo_recall(repo: Path, dataset: str, instance_ids: list[str], k: int) -> float:
+    """context_echo's Recall@k per item, worked out from the ingested tables alone: the items mentioned before the
+    turn, most recent first, then the items recommenders mention most in the training split."""
+    dialogues = pd.read_parquet(repo / f"data/interim/{dataset}/dialogues.parquet")
+    turns = pd.read_parquet(repo / f"data/interim/{dataset}/rec_turns.parquet").set_index("instance_id")
+    items = pd.read_parquet(repo / f"data/interim/{dataset}/items.parquet").item_id.tolist()
+    counts = pd.Series([i for g in turns[turns.split == "train"].gold_item_ids for i in g]).value_counts()
+    popular = sorted(items, key=lambda i: (-counts.get(i, 0), items.index(i)))
+    hits = []
+    for instance in instance_ids:
+        dialogue, start = instance.rsplit("#", 1)
+        before = dialogues[(dialogues.dialogue_id == dialogue) & (dialogues.turn_index < int(start))].sort_values("turn_index")
+        echoed = list(dict.fromkeys(i for ids in reversed(before.item_ids.tolist()) for i in ids))
+        top = (echoed + [p for p in popular if p not in echoed])[:k]
+        hits += [g in top for g in turns.loc[instance, "gold_item_ids"]]
+    return sum(hits) / len(hits)
+
+
 def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tmp_path):
     repo = tmp_path / "repo"
     for rel in tracked_files():
@@ -43,15 +69,17 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tmp_path):
     run(["dvc", "repro"], repo, env)
     for dataset in ("redial", "inspired"):
         metrics = json.loads((repo / f"metrics/{dataset}.json").read_text())
-        for system in ("retrieval", "base_embedder", "bm25", "popularity", "context_echo", "ranked", "ranked+knowledge",
-                       "ranked+knowledge/base", "random_ranking", "retrieval/no_instruction"):
+        for system in SYSTEM_NAMES:
             for variant in ("full", "dedup"):
                 key = f"{system}.{variant}.recall@10.per_item"
                 assert key in metrics and f"{key}.ci_low" in metrics and f"{key}.n" in metrics, key
         assert "response.ppl.gold_items" in metrics and "response.distinct@2.per_response" in metrics
-        predictions = __import__("pandas").read_parquet(repo / f"data/eval/{dataset}/predictions.parquet")
+        predictions = pd.read_parquet(repo / f"data/eval/{dataset}/predictions.parquet")
         assert {"instance_id", "dialogue_id", "system", "ranked_item_ids", "gold_item_ids", "gold_seen_in_context"} <= set(predictions.columns)
-    assert "dm.accuracy" in json.loads((repo / "metrics/redial.json").read_text())
+        sample = predictions[predictions.system == "context_echo"].instance_id.tolist()
+        for k in (1, 10):
+            assert metrics[f"context_echo.full.recall@{k}.per_item"] == pytest.approx(echo_recall(repo, dataset, sample, k), abs=1e-6)
+    assert {"dm.accuracy", "dm.majority.accuracy", "dm.majority.micro_f1"} <= set(json.loads((repo / "metrics/redial.json").read_text()))
     assert (repo / "metrics/summary.md").read_text().startswith("# reficr evaluation summary")
     # the trained recommender answers from the command line
     (tmp_path / "in.jsonl").write_text(json.dumps({"context": [{"speaker": "seeker", "text": "I loved Super Troopers (2001), any other comedies?"}]}) + "\n")
@@ -63,8 +91,35 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tmp_path):
     # a second repro does nothing
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo, env)
     # changing the number of negatives re-runs mining, fine-tuning and evaluation only
+    original = yaml.safe_load(yaml.safe_dump(params))
     params["negatives"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], repo, env)
-    changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith("\t") and line.strip().endswith(":")}
+    changed = stale_stages(status)
     assert changed == {"mine_negatives", "finetune"}, status
+    # an inference-only setting leaves training alone; an evaluation sample size touches one evaluation only
+    for key, value, expected in ((("model", "inference_dtype"), "float32",
+                                  {"mine_negatives", "embed_base_items@redial", "embed_base_items@inspired", "evaluate@redial", "evaluate@inspired"}),
+                                 (("eval", "max_retrieval", "redial"), 29, {"evaluate@redial"})):
+        changed_params = yaml.safe_load(yaml.safe_dump(original))
+        node = changed_params
+        for part in key[:-1]:
+            node = node[part]
+        node[key[-1]] = value
+        (repo / "params.yaml").write_text(yaml.safe_dump(changed_params, sort_keys=False))
+        assert stale_stages(run(["dvc", "status"], repo, env)) == expected, key
+    # the catalogue objective (pipeline.catalogue): re-runs fine-tuning and evaluation; the item bias travels to the CLI
+    catalogue = yaml.safe_load(yaml.safe_dump(original))
+    catalogue["finetune"].update(retrieval_objective="catalogue", validate_every=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(catalogue, sort_keys=False))
+    assert stale_stages(run(["dvc", "status"], repo, env)) == {"finetune"}
+    run(["dvc", "repro"], repo, env)
+    assert (repo / "models/reficr/item_bias.safetensors").exists()
+    curve = pd.read_csv(repo / "plots/finetune_validation.csv")
+    assert curve.step.tolist() == [2, 2, 3, 3] and set(curve.dataset) == {"redial", "inspired"}
+    assert (repo / "data/eval/redial/reficr_item_bias.npy").exists()
+    metrics = json.loads((repo / "metrics/redial.json").read_text())
+    assert "retrieval+prior.beta" in metrics and "paired.retrieval-popularity.dedup.recall@50.per_item.ci_low" in metrics
+    run([str(Path(sys.executable).parent / "reficr"), "recommend", "--dataset", "redial", "--input", str(tmp_path / "in.jsonl"),
+         "--output", str(tmp_path / "out2.jsonl"), "--force-recommend", "--root", str(repo)], repo, env)
+    assert len(json.loads((tmp_path / "out2.jsonl").read_text())["candidates"]) == 10

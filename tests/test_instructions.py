@@ -54,7 +54,7 @@ def redial():
 
 
 def test_conv2item_one_pair_per_gold_item(redial):
-    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits())
+    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits(12, 1200))
     pairs = build_conv2item(turns, redial.tables["items"])
     assert len(pairs) == sum(len(g) for g in turns.gold_item_ids)
     row = pairs[pairs.instance_id == "redial:20001#1"].iloc[0]
@@ -63,7 +63,7 @@ def test_conv2item_one_pair_per_gold_item(redial):
 
 
 def test_conv2conv_documents_are_training_contexts_of_other_dialogues(redial):
-    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits())
+    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits(12, 1200))
     train = turns[turns.split == "train"].reset_index(drop=True)
     test = turns[turns.split == "test"].reset_index(drop=True)
     pairs, lonely = build_conv2conv(test, train, seed=0)
@@ -82,16 +82,24 @@ def test_dm_targets_map_every_iard_code_and_explain():
     assert actions == ["Recommend", "Explain"]
     assert target.startswith("The user's intention: Reject (seeker dislikes the recommended item); Critique-Add")
     assert target.endswith("<a>Recommend</a><a>Explain</a>")
-    dm = build_dm(iard.tables["iard_turns"], codes, ContextLimits())
+    dm = build_dm(iard.tables["iard_turns"], codes, ContextLimits(12, 1200))
     assert len(dm) == len(iard.tables["iard_turns"]) and dm.prompt.str.startswith("Analyze the conversation context: ").all()
     with pytest.raises(ValueError, match="has no ReFICR action"):
         dm_target([], ["XYZ"], codes)
 
 
 def test_response_targets_wrap_item_mentions(redial):
-    resp = build_response("redial", redial.tables["dialogues"], redial.tables["items"], ContextLimits())
+    resp = build_response("redial", redial.tables["dialogues"], redial.tables["items"], ContextLimits(12, 1200))
     row = resp[resp.instance_id == "redial:20001#1"].iloc[0]
     assert row.target == "You should watch <item>Police Academy (1984)</item>"
     assert "- Recommended Items: Police Academy (1984)\n" in row.prompt
     assert (resp.item_ids.map(len) == 0).any()  # turns without items are response instances too
     assert wrap_mentions("I liked Knives Out a lot", [("Knives Out (2019)", "Knives Out")]) == "I liked <item>Knives Out</item> a lot"
+
+
+def test_prompt_builders_fill_the_papers_templates():
+    assert templates.response_prompt("Seeker: hi", []) == templates.fill(templates.RESPONSE, context="Seeker: hi", items=" None")
+    assert "Recommended Items: Heat (1995), Up (2009)\n" in templates.response_prompt("Seeker: hi", ["Heat (1995)", "Up (2009)"])
+    ranking = templates.ranking_prompt("Seeker: hi", ["Heat (1995)", "Up (2009)"], "None")
+    assert "[1] Heat (1995)\n[2] Up (2009)" in ranking and "Output the top 2 results" in ranking
+    assert templates.dialogue_management_prompt("Seeker: hi").startswith("Analyze the conversation context: Seeker: hi.")

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.metrics import (Instance, apply_ranking, bootstrap_ci, dialogue_management_metrics, distinct_n, parse_actions,
-                              parse_ranking, perplexity, recommendation_metrics)
+from pipeline.metrics import (Instance, bootstrap_ci, dialogue_management_metrics, distinct_n, majority_action_set,
+                              paired_difference, parse_actions, perplexity, recommendation_metrics)
 
 A = Instance("A", "d1", ["x", "y"], [True, False])  # two gold items, x already seen in the context
 B = Instance("B", "d2", ["z"], [False])
@@ -72,14 +72,6 @@ def test_perplexity_is_exp_of_mean_token_nll():
     assert perplexity([np.array([-1.0, -2.0]), np.array([-3.0])]) == pytest.approx(math.exp(2.0))
 
 
-def test_ranking_output_parsing_counts_never_crashes():
-    parsed = parse_ranking("[2]\n[2]\n[11]\nI think\n[1] and [3]", n=10)
-    assert parsed.order == [2, 1, 3] and parsed.unknown == 1 and parsed.duplicates == 1 and parsed.free_text_lines == 1
-    assert parsed.parsed
-    assert not parse_ranking("no idea", 10).parsed and parse_ranking("", 10).order == []
-    assert apply_ranking(["c1", "c2", "c3"], ["r0", "c1", "c2", "c3"], parse_ranking("[2]\n[1]", 3)) == ["c2", "c1", "r0", "c3"]
-
-
 def test_dialogue_management_accuracy_and_micro_f1():
     actions = ("Recommend", "Explain", "Chat", "Respond", "Request")
     assert parse_actions("because ... <a>Recommend</a><a>Explain</a><a>Dance</a>", actions) == ["Recommend", "Explain"]
@@ -88,3 +80,21 @@ def test_dialogue_management_accuracy_and_micro_f1():
     # exact 1/3; tp 2, fp 1 (Explain), fn 1 (Chat) -> P = R = F1 = 2/3; parsed 2/3
     assert m["accuracy"] == pytest.approx(1 / 3) and m["micro_f1"] == pytest.approx(2 / 3)
     assert m["parse_rate"] == pytest.approx(2 / 3) and m["n"] == 3
+
+
+def test_paired_difference_is_per_sample_and_resamples_dialogues_together():
+    instances = [Instance("d1#1", "d1", ["x", "y"], [False, False]), Instance("d2#1", "d2", ["z"], [False])]
+    a = {"d1#1": ["x", "q", "y"], "d2#1": ["q", "z"]}  # @1: x hit, y miss, z miss
+    b = {"d1#1": ["q", "y", "x"], "d2#1": ["z", "q"]}  # @1: x miss, y miss, z hit
+    diff = paired_difference(a, b, instances, k=1, bootstrap=200, seed=0)
+    assert diff[""] == pytest.approx((1 + 0 - 1) / 3) and diff[".n"] == 3
+    # dialogue d1 contributes (+1, 0), d2 (-1): resampled means lie in [-1, 0.5]; both dialogues drawn twice is -1 or 0.5
+    assert -1.0 <= diff[".ci_low"] <= diff[""] <= diff[".ci_high"] <= 0.5
+    same = paired_difference(a, a, instances, k=2)
+    assert same == {"": 0.0, ".ci_low": 0.0, ".ci_high": 0.0, ".n": 3}
+
+
+def test_majority_action_set_is_the_most_frequent_set():
+    train = [["Request"], ["Recommend", "Explain"], ["Explain", "Recommend"], ["Chat"], ["Request"], ["Recommend", "Explain"]]
+    assert majority_action_set(train) == ["Explain", "Recommend"]
+    assert majority_action_set([]) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.mining import build_index, build_ranking_instance, format_ranking_target, mine_conversation_negatives, mine_item_negatives, search
+from pipeline.mining import mine_conversation_negatives, mine_item_negatives
 
 
 def unit(*rows):
@@ -44,39 +44,15 @@ def test_conversation_negatives_rescored_by_eq3():
 
 
 def test_conversation_gold_similarity_aggregation():
-    items = unit([1, 0], [0, 1], [1, 0])
-    docs = unit([0.8, 0.6])
-    args = (unit([1, 0]), docs, [["A", "B"]], [["C"]], ["q"], ["x"], items, ["A", "B", "C"])
-    negs_max, _ = mine_conversation_negatives(*args, k=1, pool=1, aggregation="max")
-    negs_mean, _ = mine_conversation_negatives(*args, k=1, pool=1, aggregation="mean")
-    assert negs_max == negs_mean == [[0]]
+    # our gold items A, B; candidate conversations d0 (gold C = A's vector) and d1 (gold D, halfway between A and B).
+    # sim(C_i, d0) = 0.9, sim(C_i, d1) = 0.8. max: penalty(d0) = 1.0, penalty(d1) = 0.707 -> d1 (0.093) beats d0 (-0.1).
+    # mean: penalty(d0) = (1 + 0) / 2 = 0.5, penalty(d1) = 0.707 -> d0 (0.4) beats d1 (0.093).
+    items = unit([1, 0], [0, 1], [1, 0], [1, 1])
+    docs = unit([0.9, np.sqrt(1 - 0.81)], [0.8, 0.6])
+    args = (unit([1, 0]), docs, [["A", "B"]], [["C"], ["D"]], ["q"], ["x", "y"], items, ["A", "B", "C", "D"])
+    negs_max, _ = mine_conversation_negatives(*args, k=2, pool=2, aggregation="max")
+    negs_mean, _ = mine_conversation_negatives(*args, k=2, pool=2, aggregation="mean")
+    assert negs_max == [[1, 0]]
+    assert negs_mean == [[0, 1]]
     with pytest.raises(ValueError, match="aggregation"):
         mine_conversation_negatives(*args, k=1, pool=1, aggregation="min")
-
-
-def test_index_kinds_agree_on_a_small_corpus():
-    rng = np.random.default_rng(0)
-    corpus = rng.normal(size=(500, 16)).astype(np.float32)
-    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
-    exact = search(build_index(corpus), corpus[:5], 3)[1]
-    assert exact[:, 0].tolist() == [0, 1, 2, 3, 4]
-    hnsw = search(build_index(corpus, kind="hnsw"), corpus[:5], 3)[1]
-    assert hnsw[:, 0].tolist() == [0, 1, 2, 3, 4]
-    with pytest.raises(ValueError, match="index kind"):
-        build_index(corpus, kind="lsh")
-
-
-def test_ranking_instance_inserts_gold_shuffles_and_targets_gold_first():
-    inst = build_ranking_instance(["a", "b", "c", "d"], ["x"], n=3, seed_key="s:1")
-    assert sorted(inst.candidates) == ["a", "b", "x"]
-    assert sorted(inst.target_ids) == [1, 2, 3]
-    ordered = [inst.candidates[i - 1] for i in inst.target_ids]
-    assert ordered == ["x", "a", "b"]
-    again = build_ranking_instance(["a", "b", "c", "d"], ["x"], n=3, seed_key="s:1")
-    assert again == inst
-    # a gold item already retrieved stays; targets list gold first, then retrieval order
-    inst = build_ranking_instance(["a", "b", "c", "d"], ["c"], n=3, seed_key="s:2")
-    assert [inst.candidates[i - 1] for i in inst.target_ids] == ["c", "a", "b"]
-    assert format_ranking_target([2, 1]) == "[2]\n[1]"
-    shuffled = {tuple(build_ranking_instance(list("abcdefghij"), ["a"], 10, f"k{i}").candidates) for i in range(5)}
-    assert len(shuffled) > 1

@@ -30,9 +30,10 @@ def test_profile_has_the_default_keys(name):
 def test_gritlm_profile_carries_the_papers_settings():
     p = yaml.safe_load((ROOT / "profiles/gritlm-7b.yaml").read_text())
     assert p["model"]["quantization"] == "nf4" and p["model"]["dtype"] == "bfloat16" and p["model"]["device"] == "cuda"
-    assert p["model"]["lora"] == {"r": 64, "alpha": 16, "dropout": 0.05,
+    assert p["model"]["lora"] == {"r": 64, "alpha": 16, "dropout": 0.05, "layers": "all",
                                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
     assert p["finetune"]["lr"] == 2.0e-5 and p["finetune"]["temperature"] == 0.02 and p["negatives"] == 9
+    assert p["finetune"]["retrieval_objective"] == "mined"  # the paper's Eq. 4-5, not the CPU extension
     assert (p["lengths"]["query"], p["lengths"]["document"], p["lengths"]["prompt"]) == (512, 1024, 2048)
 
 

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from pipeline import templates
 from pipeline.losses import joint_loss
 from pipeline.model import LoraSettings, RetrievableLM
-from pipeline.objectives import FinetuneObjective, GenerationTask, Lengths, RetrievalTask, WarmupObjective
+from pipeline.objectives import FinetuneObjective, GenerationTask, RetrievalTask, WarmupObjective
+from pipeline.settings import Lengths
 from pipeline.training import TrainConfig, TrainingDiverged, TrainLoop, linear_schedule
 
 pytestmark = pytest.mark.slow
@@ -99,7 +100,7 @@ def test_nan_loss_stops_with_a_clear_message(base_dir, tmp_path):
         return joint_loss(zero + float("nan"), zero, 1.0, 1.0)
 
     with pytest.raises(TrainingDiverged, match="loss is nan at step 0"):
-        TrainLoop(lm, TrainConfig(steps=2), nan_loss, tmp_path / "x").run()
+        TrainLoop(lm, TrainConfig(steps=2, lr=1e-3), nan_loss, tmp_path / "x").run()
 
 
 def test_warmup_objective_masks_in_batch_false_negatives(base_dir):

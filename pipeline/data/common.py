@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,14 +121,14 @@ def dialogues_frame(dialogues: list[Dialogue]) -> pd.DataFrame:
     return schemas.validate(frame, schemas.DIALOGUES)
 
 
-def recommender_runs(utterances: list[Utterance]) -> list[tuple[int, int]]:
-    """(start, end) index pairs of maximal runs of recommender utterances (end exclusive)."""
+def recommender_runs(speakers: Sequence[str]) -> list[tuple[int, int]]:
+    """(start, end) index pairs of maximal runs of recommender utterances (end exclusive): a "turn"."""
     runs = []
     i = 0
-    while i < len(utterances):
-        if utterances[i].speaker == "recommender":
+    while i < len(speakers):
+        if speakers[i] == "recommender":
             j = i
-            while j < len(utterances) and utterances[j].speaker == "recommender":
+            while j < len(speakers) and speakers[j] == "recommender":
                 j += 1
             runs.append((i, j))
             i = j
@@ -146,7 +147,7 @@ def build_rec_turns(dialogues: list[Dialogue], corpus: set[str]) -> pd.DataFrame
     rows = []
     for dialogue in dialogues:
         utts = dialogue.utterances
-        for start, end in recommender_runs(utts):
+        for start, end in recommender_runs([u.speaker for u in utts]):
             if start == 0:
                 continue
             gold: list[str] = []
@@ -159,7 +160,7 @@ def build_rec_turns(dialogues: list[Dialogue], corpus: set[str]) -> pd.DataFrame
             seen = {item for utt in utts[:start] for item in utt.item_ids}
             rows.append(
                 {
-                    "instance_id": f"{dialogue.dialogue_id}#{start}",
+                    "instance_id": schemas.instance_id(dialogue.dialogue_id, start),
                     "dialogue_id": dialogue.dialogue_id,
                     "split": dialogue.split,
                     "context": [{"speaker": u.speaker, "text": u.text} for u in utts[:start]],

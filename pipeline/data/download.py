@@ -25,7 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.data.sources import RawFile, sources_for
+from pipeline.data.sources import RawFile, load_manifest, sources_for
+from pipeline.io import write_json
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -199,3 +200,28 @@ def download(
             extract_members(dest, src, out_dir)
         log.info("%s: %s", src.path, report.files[src.path]["status"])
     return report
+
+
+def fetch_raw(datasets: list[str], out_dir: str | Path, mirror: str | Path | None, timeout: float,
+              manifest: str | Path | None = None) -> dict:
+    """The ``download`` stage: every raw file of ``datasets`` into ``out_dir`` (from ``mirror`` when given; from a
+    custom ``manifest`` of pinned files when given), then ``download_report.json`` (written last, so that its
+    presence means a complete folder). The report is machine-independent: where a file came from is not part
+    of its content. Returns it."""
+    out_dir = Path(out_dir)
+    # Each file lands atomically (verified ``.part`` renamed), and ``.part`` files survive a failed run so
+    # the next run resumes them (the DVC output is ``persist: true``).
+    (out_dir / "download_report.json").unlink(missing_ok=True)
+    sources = [s for s in load_manifest(manifest) if s.dataset in datasets] if manifest else None
+    report = download(datasets, out_dir, mirror=mirror, timeout=timeout, sources=sources)
+    for path, info in report.files.items():
+        if info["status"] == "absent":
+            log.info("optional file not available: %s", path)
+    summary = report.as_dict()
+    for info in summary["files"].values():
+        info["from"] = "mirror" if mirror else info["from"]
+        if info["status"] in ("copied", "downloaded"):
+            info["status"] = "present"
+    summary["counts"] = {s: sum(1 for i in summary["files"].values() if i["status"] == s) for s in ("present", "absent")}
+    write_json(out_dir / "download_report.json", summary)
+    return summary

@@ -143,7 +143,7 @@ def read_iard(path: Path, movies: dict[str, Movie], log: IngestLog, heldout_frac
                 pending_top += [c for c in info["top-level intent/action"] if c not in pending_top]
             elif utterances:
                 turns.append({
-                    "instance_id": f"iard:{conv}#{len(utterances)}",
+                    "instance_id": schemas.instance_id(f"iard:{conv}", len(utterances)),
                     "dialogue_id": f"iard:{conv}",
                     "split": split,
                     "context": [{"speaker": u.speaker, "text": u.text} for u in utterances],

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import schemas
 from pipeline.data import iard as iard_reader
 from pipeline.data import inspired as inspired_reader
 from pipeline.data import redial as redial_reader
@@ -148,6 +147,3 @@ def write_ingest(result: IngestResult, out_dir: str | Path) -> None:
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
         write_json(tmp / "ingest_report.json", result.report)
 
-
-TABLES = {"items": schemas.ITEMS, "dialogues": schemas.DIALOGUES, "rec_turns": schemas.REC_TURNS,
-          "iard_turns": schemas.IARD_TURNS, "iard_codes": schemas.IARD_CODES}

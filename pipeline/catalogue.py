@@ -1,0 +1,153 @@
+"""Conv2Item against the whole catalogue: an extension beside the paper's objective, for budgets where the
+paper's objective cannot learn (the small CPU profile; see PITFALLS.md and issue 10).
+
+The paper's Conv2Item loss (Eq. 4-5) scores each query against its positive and k mined negatives, all
+re-encoded every step. Its negatives follow the positives' popularity, so the model learns roughly
+log p(item | context) - log Q(item) and never sees the thousands of rarely recommended items that crowd a
+full-corpus top-50. Here instead each query is scored against **every item** of a fixed table of item
+embeddings (the un-tuned base model's, from ``embed_base_items``), with gradients on the query side only:
+
+    logits[q, i] = cos(query_q, item_i) / temperature + bias_i        softmax over the whole catalogue
+
+``bias_i`` (optional, ``finetune.item_bias``) is one learned number per item with its own learning rate: the
+item side has to move for the softmax to separate items the base model embeds alike, and a bias is the
+cheapest way (an extension of the paper's model; report it as such). The query's other gold items are masked
+out of its negatives. Retrieval then ranks by ``cos(query, item) + temperature * bias`` against the same table,
+so training and inference score items the same way (``pipeline.recommender.ItemCorpus`` takes the bias).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import templates
+from pipeline.model import RetrievableLM
+
+BIAS_FILE = "item_bias.safetensors"  # in the fine-tuned model folder: one tensor per dataset
+
+
+@dataclass
+class CatalogueTask:
+    """One dataset's Conv2Item pairs, scored against its whole catalogue."""
+
+    name: str  # the dataset: its catalogue is ``table``
+    queries: list[str]
+    targets: list[int]  # row in ``table`` of each pair's positive item
+    gold_rows: list[list[int]]  # rows of all the query's gold items (masked out of its negatives)
+    table: torch.Tensor  # [items, dim], L2-normalised, fixed (no gradient)
+    bias: torch.nn.Parameter | None  # [items], learned, or None
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def catalogue_loss(queries: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, temperature: float,
+                   bias: torch.Tensor | None = None, gold_rows: list[list[int]] | None = None) -> torch.Tensor:
+    """Mean cross-entropy of each query's target row over the whole table; ``gold_rows[q]`` other than the
+    target are masked (a query with two gold items is not pushed away from the second)."""
+    logits = queries @ table.T / temperature
+    if bias is not None:
+        logits = logits + bias
+    if gold_rows:
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        for q, rows in enumerate(gold_rows):
+            others = [r for r in rows if r != int(targets[q])]
+            if others:
+                mask[q, others] = True
+        logits = logits.masked_fill(mask, float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def catalogue_tasks(conv2item: pd.DataFrame, items: dict[str, pd.DataFrame], tables: dict[str, np.ndarray],
+                    item_bias: bool, device: torch.device | str = "cpu") -> list[CatalogueTask]:
+    """One task per dataset of ``conv2item`` (training pairs), against ``tables[dataset]`` (rows = ``items[dataset]``)."""
+    tasks = []
+    for dataset, table in tables.items():
+        pairs = conv2item[conv2item["dataset"] == dataset]
+        row = {item: r for r, item in enumerate(items[dataset]["item_id"])}
+        if len(table) != len(row):
+            raise ValueError(f"{dataset}: item table has {len(table)} rows for {len(row)} items; re-run embed_base_items")
+        bias = torch.nn.Parameter(torch.zeros(len(row), device=device)) if item_bias else None
+        tasks.append(CatalogueTask(dataset, pairs["query"].tolist(), [row[i] for i in pairs["item_id"]],
+                                   [[row[g] for g in gold if g in row] for gold in pairs["gold_item_ids"]],
+                                   torch.as_tensor(np.asarray(table, dtype=np.float32), device=device), bias))
+    return tasks
+
+
+def catalogue_step_loss(lm: RetrievableLM, task: CatalogueTask, idx: list[int], temperature: float, query_length: int) -> torch.Tensor:
+    """The loss of one batch ``idx`` of ``task``'s pairs (queries encoded with gradients)."""
+    q = lm.encode(lm.tokenize_for_embedding([task.queries[i] for i in idx], templates.CONV2ITEM_QUERY, query_length,
+                                            truncation_side="left"))
+    targets = torch.tensor([task.targets[i] for i in idx], device=q.device)
+    return catalogue_loss(q, task.table, targets, temperature, task.bias, [task.gold_rows[i] for i in idx])
+
+
+def rank_scores(query_vecs: np.ndarray, table: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """How retrieval scores the catalogue: cosine, plus ``temperature * bias`` when the run learned one."""
+    scores = query_vecs @ table.T
+    return scores + bias[None, :] if bias is not None else scores
+
+
+def recall_per_item(scores: np.ndarray, gold_rows: list[list[int]], ks=(10, 50)) -> dict[str, float]:
+    """Recall@k per (query, gold item) of a score matrix [queries, items]."""
+    hits = {k: [] for k in ks}
+    for q, rows in enumerate(gold_rows):
+        order = np.argsort(-scores[q], kind="stable")
+        rank = {int(r): pos + 1 for pos, r in enumerate(order[: max(ks)])}
+        for r in rows:
+            for k in ks:
+                hits[k].append(rank.get(r, max(ks) + 1) <= k)
+    return {f"recall@{k}": float(np.mean(v)) if v else float("nan") for k, v in hits.items()} | {"n": len(hits[ks[0]])}
+
+
+@dataclass
+class CatalogueValidation:
+    """Recall@10/50 per item of held-out contexts (the validation split) against each dataset's whole catalogue,
+    scored as retrieval will score them. With a fixed table (the catalogue objective) only the queries are
+    embedded, so it is cheap enough to run during training; without one (the paper's objective, where the item
+    side is trained too) the catalogue is re-embedded by the current model each time."""
+
+    queries: dict[str, list[str]]  # dataset -> held-out rendered contexts
+    gold_rows: dict[str, list[list[int]]]  # dataset -> their gold items' rows
+    descriptions: dict[str, list[str]]  # dataset -> item descriptions, in table order
+    tables: dict[str, torch.Tensor]  # dataset -> fixed table (catalogue objective); absent: re-embed
+    biases: dict[str, torch.nn.Parameter]  # dataset -> learned item bias
+    temperature: float
+    query_length: int
+    document_length: int
+    batch_size: int
+
+    @classmethod
+    def build(cls, turns: pd.DataFrame, items: dict[str, pd.DataFrame], tasks: list[CatalogueTask], limit: int, seed: int,
+              temperature: float, query_length: int, document_length: int, batch_size: int) -> "CatalogueValidation":
+        """``turns``: validation turns of every dataset in ``items``; at most ``limit`` per dataset (seeded by id)."""
+        from pipeline.instructions import cap
+
+        queries, gold_rows = {}, {}
+        for dataset, frame in items.items():
+            chosen = cap(turns[turns["dataset"] == dataset], limit or None, seed)
+            row = {item: r for r, item in enumerate(frame["item_id"])}
+            queries[dataset] = chosen["query"].tolist()
+            gold_rows[dataset] = [[row[g] for g in gold if g in row] for gold in chosen["gold_item_ids"]]
+        return cls(queries, gold_rows, {d: f["description"].tolist() for d, f in items.items()},
+                   {t.name: t.table for t in tasks}, {t.name: t.bias for t in tasks if t.bias is not None},
+                   temperature, query_length, document_length, batch_size)
+
+    def __call__(self, lm: RetrievableLM) -> list[dict]:
+        rows = []
+        for dataset, queries in self.queries.items():
+            q = lm.embed(queries, templates.CONV2ITEM_QUERY, batch_size=self.batch_size, max_length=self.query_length,
+                         truncation_side="left", progress=False)
+            if dataset in self.tables:
+                table = self.tables[dataset].cpu().numpy()
+            else:
+                table = lm.embed(self.descriptions[dataset], templates.CONV2ITEM_SAMPLE, batch_size=self.batch_size,
+                                 max_length=self.document_length)
+            bias = self.biases.get(dataset)
+            bias = None if bias is None else self.temperature * bias.detach().float().cpu().numpy()
+            rows.append({"dataset": dataset, **recall_per_item(rank_scores(q, table, bias), self.gold_rows[dataset])})
+        return rows

@@ -1,0 +1,67 @@
+"""metrics/<dataset>.json -> metrics/summary.md: a paper-style table a person can read (systems in the order
+of ``pipeline.evaluation.SYSTEMS``)."""
+
+from __future__ import annotations
+
+from pipeline.evaluation import PAIRED, SYSTEM_NAMES
+
+DATASETS = (("redial", "ReDial"), ("inspired", "INSPIRED"))
+
+
+def fmt(m: dict, key: str) -> str:
+    value = m.get(key)
+    if value is None:
+        return "–"
+    low, high = m.get(f"{key}.ci_low"), m.get(f"{key}.ci_high")
+    return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+
+
+def table(name: str, m: dict) -> list[str]:
+    lines = [f"## {name}", ""]
+    for variant in ("full", "dedup"):
+        lines += [f"### {variant} instance set (Recall per item, 95% bootstrap CI over dialogues)", "",
+                  "| system | n | R@1 | R@10 | R@50 | R@10 per turn | MRR@10 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for s in SYSTEM_NAMES:
+            if f"{s}.{variant}.recall@1.per_item" not in m:
+                continue
+            p = f"{s}.{variant}"
+            lines.append(f"| {s} | {m[f'{p}.recall@1.per_item.n']} | {fmt(m, f'{p}.recall@1.per_item')} | "
+                         f"{fmt(m, f'{p}.recall@10.per_item')} | {fmt(m, f'{p}.recall@50.per_item')} | "
+                         f"{m[f'{p}.recall@10.per_turn']:.3f} | {m[f'{p}.mrr@10']:.3f} |")
+        lines.append("")
+    if any(f"paired.{a}-{b}.full.recall@10.per_item" in m for a, b in PAIRED):
+        lines += ["### paired differences (Recall per item, system minus baseline on the same samples; 95% paired bootstrap CI over dialogues)", "",
+                  "| difference | full R@10 | full R@50 | dedup R@10 | dedup R@50 |", "| --- | ---: | ---: | ---: | ---: |"]
+        for a, b in PAIRED:
+            cells = [fmt(m, f"paired.{a}-{b}.{v}.recall@{k}.per_item") for v in ("full", "dedup") for k in (10, 50)]
+            lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+        if "retrieval+prior.beta" in m:
+            beta = m["retrieval+prior.beta"]
+            lines += ["", f"retrieval+prior: beta = {beta}, chosen on {m['retrieval+prior.validation_n']} validation contexts "
+                          f"(validation Recall, mean of @10 and @50: {m[f'retrieval+prior.validation_recall@10_50.beta={beta}']:.3f}; "
+                          f"beta = 0, i.e. retrieval alone: {m.get('retrieval+prior.validation_recall@10_50.beta=0', float('nan')):.3f})"]
+        lines.append("")
+    lines += ["### conversation", "",
+              f"- perplexity of gold responses, given the gold items (oracle, as the paper): {m['response.ppl.gold_items']:.2f}; "
+              f"given the model's own items: {m['response.ppl.own_items']:.2f} (n = {m['response.n']})",
+              f"- Distinct-2 / Distinct-4, unique/total: {m['response.distinct@2.ratio']:.3f} / {m['response.distinct@4.ratio']:.3f}; "
+              f"unique/responses (CRSLab): {m['response.distinct@2.per_response']:.3f} / {m['response.distinct@4.per_response']:.3f} "
+              f"(n = {m['response.generated_n']})",
+              f"- generated item mentions outside the corpus: {m['response.item_mentions_outside_corpus']} of {m['response.item_mentions']}",
+              f"- ranking output parse rate (ranked+knowledge): {m['ranked+knowledge.ranking_output.parse_rate']:.3f}"]
+    if "dm.accuracy" in m:
+        lines.append(f"- dialogue management on held-out IARD: accuracy {m['dm.accuracy']:.3f}, micro-F1 {m['dm.micro_f1']:.3f}, "
+                     f"parse rate {m['dm.parse_rate']:.3f} (n = {m['dm.n']}); majority-action baseline "
+                     f"({m.get('dm.majority.actions', '?')}): accuracy {m.get('dm.majority.accuracy', float('nan')):.3f}, "
+                     f"micro-F1 {m.get('dm.majority.micro_f1', float('nan')):.3f}")
+    return lines + [""]
+
+
+def summary_markdown(metrics: dict[str, dict]) -> str:
+    """``metrics``: dataset -> its flat metrics."""
+    lines = ["# reficr evaluation summary", "",
+             "Test split; per-item Recall@k (CRSLab convention) unless said; `full` = all gold items, `dedup` = gold items "
+             "not seen in the context. Generating systems (`retrieval@gen` and below) are scored on the generation sample.", ""]
+    for dataset, name in DATASETS:
+        lines += table(name, metrics[dataset])
+    return "\n".join(lines)

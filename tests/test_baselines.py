@@ -1,0 +1,31 @@
+"""The baselines on toy corpora whose answers are worked out by hand."""
+
+from __future__ import annotations
+
+from pipeline.baselines import BM25Retriever, context_echo, popularity_ranking
+
+
+def test_popularity_counts_training_recommendations_ties_in_corpus_order():
+    corpus = ["a", "b", "c", "d"]
+    train_gold = [["c"], ["b", "c"], ["b"], ["c"], ["x"]]  # c: 3, b: 2, a and d: 0, x is not in the corpus
+    assert popularity_ranking(train_gold, corpus) == ["c", "b", "a", "d"]
+
+
+def test_context_echo_most_recent_first_then_popularity_without_repeats():
+    popular = ["p1", "m1", "p2", "p3"]
+    context = [["m1"], [], ["m2", "m1"], ["m3"]]  # oldest first
+    assert context_echo(context, popular, 4) == ["m3", "m2", "m1", "p1"]
+    assert context_echo([], popular, 2) == ["p1", "m1"]
+
+
+def test_bm25_ranks_the_item_that_shares_the_rare_words_first():
+    ids = ["alien", "toy", "heat", "up"]
+    descriptions = ["Alien (1979). Genres: horror, science fiction. A crew meets a creature in space.",
+                    "Toy Story (1995). Genres: animation, comedy. Toys come to life.",
+                    "Heat (1995). Genres: crime, thriller. A detective hunts a thief in Los Angeles.",
+                    "Up (2009). Genres: animation, adventure. An old man flies his house with balloons."]
+    bm25 = BM25Retriever(ids, descriptions)
+    lists = bm25.retrieve(["I want a scary creature in space", "something with balloons and an old man", "zzz qqq"], k=10)
+    assert lists[0][0] == "alien" and lists[1][0] == "up"
+    assert all(sorted(lst) == sorted(ids) for lst in lists)  # k is capped at the corpus size, every item listed once
+    assert lists[2] == ids  # no shared term: ties broken by corpus order, deterministically

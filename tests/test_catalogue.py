@@ -1,0 +1,114 @@
+"""The catalogue objective (pipeline.catalogue), LoRA on the top layers, and dtype detection: numbers worked out
+by hand on toy tables, then the real small model trained a few steps."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import hardware
+from pipeline.catalogue import (CatalogueValidation, catalogue_loss, catalogue_tasks, rank_scores, recall_per_item)
+from pipeline.model import LoraSettings, RetrievableLM
+from pipeline.objectives import FinetuneObjective, GenerationTask
+from pipeline.recommender import ItemCorpus
+from pipeline.settings import Lengths
+from pipeline.training import TrainConfig, TrainLoop
+
+TABLE = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+
+
+def test_catalogue_loss_is_cross_entropy_over_every_item():
+    q = torch.tensor([[1.0, 0.0]])
+    # logits = cos / 0.5 = [2, 0, -2]; target 0: -log(e^2 / (e^2 + 1 + e^-2))
+    expected = -math.log(math.e ** 2 / (math.e ** 2 + 1 + math.e ** -2))
+    assert catalogue_loss(q, TABLE, torch.tensor([0]), 0.5).item() == pytest.approx(expected, rel=1e-5)
+    # a bias moves the logits: +2 on item 1 -> [2, 2, -2]
+    expected = -math.log(math.e ** 2 / (2 * math.e ** 2 + math.e ** -2))
+    assert catalogue_loss(q, TABLE, torch.tensor([0]), 0.5, torch.tensor([0.0, 2.0, 0.0])).item() == pytest.approx(expected, rel=1e-5)
+    # the query's other gold item (1) is not a negative: [2, -inf, -2]
+    expected = -math.log(math.e ** 2 / (math.e ** 2 + math.e ** -2))
+    assert catalogue_loss(q, TABLE, torch.tensor([0]), 0.5, None, [[0, 1]]).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ranking_scores_and_recall_per_item_by_hand():
+    queries = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    table = TABLE.numpy()
+    scores = rank_scores(queries, table, np.array([0.0, 0.0, 3.0]))  # item 2 gets +3: first for both queries
+    assert scores.tolist() == [[1.0, 0.0, 2.0], [0.0, 1.0, 3.0]]
+    # query 0 gold {0}: rank 2; query 1 gold {1, 2}: ranks 2 and 1 -> recall@1 = 1/3, @2 = 1
+    assert recall_per_item(scores, [[0], [1, 2]], ks=(1, 2)) == {"recall@1": pytest.approx(1 / 3), "recall@2": 1.0, "n": 3}
+
+
+def test_item_corpus_with_a_bias_ranks_by_cosine_plus_bias():
+    table = TABLE.numpy()
+    plain = ItemCorpus(["a", "b", "c"], table)
+    biased = ItemCorpus(["a", "b", "c"], table, np.array([0.0, 0.5, 3.0], dtype=np.float32))
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    assert plain.top(query, 3) == [["a", "b", "c"]]  # cos 1, 0, -1
+    assert biased.top(query, 3) == [["c", "a", "b"]]  # 2, 1, 0.5
+
+
+def test_auto_dtype_follows_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert hardware.resolve_dtype("auto") == "float32" and hardware.resolve_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert hardware.resolve_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert hardware.resolve_dtype("auto") == "bfloat16"
+
+
+@pytest.mark.slow
+def test_lora_on_the_top_layers_only(base_dir):
+    lm = RetrievableLM.load(base_dir, device="cpu", trainable=True)
+    n = lm.model.config.num_hidden_layers
+    lm.attach_lora(LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj"], layers=2))
+    adapted = {int(name.split("layers.")[1].split(".")[0]) for name, p in lm.model.named_parameters() if p.requires_grad}
+    assert adapted == {n - 2, n - 1}
+
+
+@pytest.mark.slow
+def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_path):
+    items = {"toy": pd.DataFrame({"item_id": ["a", "b", "c", "d"],
+                                  "description": ["Alien (1979)", "Toy Story (1995)", "Heat (1995)", "Up (2009)"]})}
+    pairs = pd.DataFrame({"dataset": "toy", "query": ["Seeker: space horror?", "Seeker: a cartoon", "Seeker: heist film", "Seeker: a cartoon"],
+                          "item_id": ["a", "b", "c", "d"], "gold_item_ids": [["a"], ["b", "d"], ["c"], ["b", "d"]]})
+    lengths = Lengths(query=24, document=16, prompt=48, target=8)
+    torch.manual_seed(0)
+    lm = RetrievableLM.load(base_dir, device="cpu", trainable=True)
+    table = lm.embed(items["toy"]["description"].tolist(), "x", max_length=16)
+    tasks = catalogue_tasks(pairs, items, {"toy": table}, item_bias=True)
+    assert tasks[0].targets == [0, 1, 2, 3] and tasks[0].gold_rows[1] == [1, 3]
+    lm.attach_lora(LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"], layers=3))
+    objective = FinetuneObjective([], [GenerationTask("response", ["Say hi"], ["Hi!"])], 0, 1, 0.05, lengths,
+                                  catalogue=tasks, catalogue_batch=4)
+    turns = pairs.assign(instance_id=[f"t#{i}" for i in range(4)])
+    validate = CatalogueValidation.build(turns, items, tasks, 0, 0, 0.05, 24, 16, 4)
+    loop = TrainLoop(lm, TrainConfig(steps=3, lr=1e-3), objective, tmp_path / "work", extra_params=objective.extra_parameters(),
+                     extra_lr=0.05, validate=validate, validate_every=2)
+    loop.run()
+    assert tasks[0].bias.abs().sum().item() > 0  # the item bias learned
+    rows = (tmp_path / "work/validation.csv").read_text().splitlines()
+    assert rows[0] == "step,dataset,recall@10,recall@50,n" and [r.split(",")[0] for r in rows[1:]] == ["2", "3"]
+    assert rows[-1].endswith(",1.000000,1.000000,6")  # 4 items: every gold item is in any top 10
+    loop.finish(tmp_path / "model", tmp_path / "loss.csv", {}, "item_bias.safetensors", tmp_path / "validation.csv")
+    saved = load_file(tmp_path / "model/item_bias.safetensors")
+    assert torch.equal(saved["toy"], tasks[0].bias.detach())
+    assert (tmp_path / "validation.csv").exists() and not (tmp_path / "work").exists()
+    random.seed(0)
+
+
+@pytest.mark.slow
+def test_lora_init_is_drawn_from_the_seed(base_dir):
+    def lora_a(seed):
+        lm = RetrievableLM.load(base_dir, device="cpu", trainable=True)
+        torch.rand(7)  # whatever the global RNG did before must not matter
+        lm.attach_lora(LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj"], layers=1), seed=seed)
+        return torch.cat([p.detach().flatten() for n, p in lm.model.named_parameters() if "lora_A" in n])
+
+    assert torch.equal(lora_a(3), lora_a(3)) and not torch.equal(lora_a(3), lora_a(4))
