@@ -126,9 +126,7 @@ def catalogue_probe(args) -> None:
                      extra_params=objective.extra_parameters(), extra_lr=args.bias_lr, validate=validate,
                      validate_every=args.eval_every)
     start = time.perf_counter()
-    work.mkdir(parents=True)
-    loop._validate()  # step 0: the base model
-    loop.run()
+    loop.run()  # validates at step 0 (the base model), every --eval-every steps and at the end
     curve = pd.read_csv(work / "validation.csv").to_dict("records")
     result = {"args": vars(args), "popularity_on_validation": popularity, "minutes": round((time.perf_counter() - start) / 60, 1),
               "training_queries": args.steps * args.batch * len(datasets), "curve": curve}

@@ -204,6 +204,9 @@ class TrainLoop:
             np.random.seed(cfg.seed)
             with open(losses_path, "w", newline="") as fh:
                 csv.writer(fh).writerow(["step", "loss", "loss_cl", "loss_gen", "lr"])
+            (self.out_dir / "validation.csv").unlink(missing_ok=True)  # rows of an abandoned run
+            if self.validate:
+                self._validate()  # step 0: where training starts from
         else:
             self._truncate_log(losses_path)
             self._truncate_log(self.out_dir / "validation.csv")

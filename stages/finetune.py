@@ -32,6 +32,9 @@ INPUTS = (
     "data/instructions/response_train.parquet",
 )
 DATASETS = ("redial", "inspired")
+# also fingerprinted (a checkpoint resumes only on the same inputs): what the catalogue objective and validation read
+CATALOGUE_INPUTS = tuple(f"data/embeddings/base/{d}_items.npy" for d in DATASETS) + tuple(
+    f"data/interim/{d}/items.parquet" for d in DATASETS) + ("data/instructions/turns_valid.parquet",)
 USED = ("seed", "negatives", "model", "lengths", "embed", "finetune")
 
 
@@ -67,7 +70,7 @@ def main() -> None:
                                   lengths(params), f["lambda_cl"], f["lambda_gen"], f["in_batch_negatives"],
                                   catalogue, f["catalogue_batch"])
     extra = {"negatives": params["negatives"], "retrieval_objective": f["retrieval_objective"], "temperature": f["temperature"]}
-    train_adapter(params, "finetune", USED, INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)
+    train_adapter(params, "finetune", USED, INPUTS + CATALOGUE_INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)
     log.info("ReFICR written to models/reficr")
 
 

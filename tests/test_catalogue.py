@@ -94,7 +94,7 @@ def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_
     loop.run()
     assert tasks[0].bias.abs().sum().item() > 0  # the item bias learned
     rows = (tmp_path / "work/validation.csv").read_text().splitlines()
-    assert rows[0] == "step,dataset,recall@10,recall@50,n" and [r.split(",")[0] for r in rows[1:]] == ["2", "3"]
+    assert rows[0] == "step,dataset,recall@10,recall@50,n" and [r.split(",")[0] for r in rows[1:]] == ["0", "2", "3"]
     assert rows[-1].endswith(",1.000000,1.000000,6")  # 4 items: every gold item is in any top 10
     loop.finish(tmp_path / "model", tmp_path / "loss.csv", {}, "item_bias.safetensors", tmp_path / "validation.csv")
     saved = load_file(tmp_path / "model/item_bias.safetensors")

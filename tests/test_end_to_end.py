@@ -116,7 +116,7 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tmp_path):
     run(["dvc", "repro"], repo, env)
     assert (repo / "models/reficr/item_bias.safetensors").exists()
     curve = pd.read_csv(repo / "plots/finetune_validation.csv")
-    assert curve.step.tolist() == [2, 2, 3, 3] and set(curve.dataset) == {"redial", "inspired"}
+    assert curve.step.tolist() == [0, 0, 2, 2, 3, 3] and set(curve.dataset) == {"redial", "inspired"}
     assert (repo / "data/eval/redial/reficr_item_bias.npy").exists()
     metrics = json.loads((repo / "metrics/redial.json").read_text())
     assert "retrieval+prior.beta" in metrics and "paired.retrieval-popularity.dedup.recall@50.per_item.ci_low" in metrics
