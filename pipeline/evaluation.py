@@ -29,6 +29,7 @@ from pipeline.instructions import ACTIONS, cap
 from pipeline.metrics import (Instance, dedup, dialogue_management_metrics, distinct_n, majority_action_set, paired_difference,
                               parse_actions, perplexity, recommendation_metrics)
 from pipeline.model import RetrievableLM
+from pipeline.catalogue import recall_per_item
 from pipeline.ranking import ParsedRanking, parse_statistics, random_ranking
 from pipeline.encoder import Encoder
 from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR, context_item_lists
@@ -203,10 +204,9 @@ def _retrieval_prior(run: EvalRun) -> list[list[str]]:
     with run.timer("retrieval+prior: choose beta on the validation split"):
         valid_scores = run.reficr.item_scores(valid["query"].tolist()) / s.temperature
         tried = {}
-        for beta in s.prior_betas:
-            top = top_rows(valid_scores + beta * prior, k)
-            hits = [[r in set(row[:cut]) for r in rows] for row, rows in zip(top, gold_rows) for cut in (10, k)]
-            tried[beta] = float(np.mean([h for row in hits for h in row])) if hits else 0.0
+        for beta in s.prior_betas:  # the mean of Recall@10 and @k per item (equal sample counts)
+            recall = recall_per_item(valid_scores + beta * prior, gold_rows, ks=(10, k))
+            tried[beta] = (recall["recall@10"] + recall[f"recall@{k}"]) / 2 if recall["n"] else 0.0
     beta = max(s.prior_betas, key=lambda b: (tried[b], -b))
     run.extra_metrics.update({"retrieval+prior.beta": beta, "retrieval+prior.validation_n": len(valid)}
                              | {f"retrieval+prior.validation_recall@10_50.beta={b}": v for b, v in tried.items()})
@@ -320,9 +320,10 @@ def evaluate(run: EvalRun) -> EvalResult:
             rows += [{"instance_id": i.instance_id, "dialogue_id": i.dialogue_id, "system": s.name, "ranked_item_ids": lists[s.name][i.instance_id],
                       "gold_item_ids": i.gold, "gold_seen_in_context": i.seen} for i in instances]
     with run.timer("paired differences"):
+        full = _instances(run.retr)
+        variants = {"full": full, "dedup": [d for d in map(dedup, full) if d is not None]}
         for a, b in PAIRED:
-            for variant in ("full", "dedup"):
-                chosen = [i for i in (dedup(x) if variant == "dedup" else x for x in _instances(run.retr)) if i is not None]
+            for variant, chosen in variants.items():
                 for k in (10, 50):
                     diff = paired_difference(lists[a], lists[b], chosen, k, run.settings.bootstrap, run.settings.seed)
                     metrics.update({f"paired.{a}-{b}.{variant}.recall@{k}.per_item{key}": v for key, v in diff.items()})

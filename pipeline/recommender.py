@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import templates
+from pipeline.catalogue import rank_scores
 from pipeline.data.items import item_titles
 from pipeline.encoder import Encoder
 from pipeline.index import build_index, search
@@ -60,8 +61,7 @@ class ItemCorpus:
 
     def scores(self, query_vecs: np.ndarray) -> np.ndarray:
         """Every item's retrieval score per query [queries, items]: cosine (+ bias)."""
-        scores = query_vecs @ self.vectors.T
-        return scores + self.bias[None, :] if self.bias is not None else scores
+        return rank_scores(query_vecs, self.vectors, self.bias)
 
 
 @dataclass
