@@ -18,14 +18,17 @@ so training and inference score items the same way (``pipeline.recommender.ItemC
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.numpy import load_file
 
 from pipeline import templates
-from pipeline.model import RetrievableLM
+from pipeline.model import ADAPTER_MANIFEST, RetrievableLM
 
 BIAS_FILE = "item_bias.safetensors"  # in the fine-tuned model folder: one tensor per dataset
 
@@ -84,6 +87,24 @@ def catalogue_step_loss(lm: RetrievableLM, task: CatalogueTask, idx: list[int], 
                                             truncation_side="left"))
     targets = torch.tensor([task.targets[i] for i in idx], device=q.device)
     return catalogue_loss(q, task.table, targets, temperature, task.bias, [task.gold_rows[i] for i in idx])
+
+
+def trained_item_side(model_dir: str | Path, dataset: str, base_items: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """How an adapter trained in ``model_dir`` scores ``dataset``'s items. Catalogue objective: the base item
+    table it was trained against and ``temperature`` x its learned item bias (None without one). Otherwise
+    (None, None): the adapted model embeds the items itself."""
+    model_dir = Path(model_dir)
+    manifest = json.loads((model_dir / ADAPTER_MANIFEST).read_text())
+    if manifest.get("retrieval_objective") != "catalogue":
+        return None, None
+    bias_file = model_dir / BIAS_FILE
+    if not bias_file.exists():
+        return base_items, None
+    biases = load_file(str(bias_file))
+    if dataset not in biases or len(biases[dataset]) != len(base_items):
+        raise ValueError(f"{bias_file}: expected a bias of {len(base_items)} items for {dataset!r}, "
+                         f"found {({k: len(v) for k, v in biases.items()})}")
+    return base_items, (biases[dataset] * manifest["temperature"]).astype(np.float32)
 
 
 def rank_scores(query_vecs: np.ndarray, table: np.ndarray, bias: np.ndarray | None) -> np.ndarray:

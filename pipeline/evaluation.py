@@ -296,16 +296,19 @@ def dialogue_management(run: EvalRun) -> tuple[dict[str, float], pd.DataFrame]:
     """Action-set accuracy, micro-F1 and parse rate on held-out IARD turns."""
     dm = cap(run.data.dm_test, run.settings.max_dm or None, run.settings.seed)
     with run.timer("dialogue management"):
-        outputs = run.reficr.generate(dm.prompt.tolist(), run.recommender.max_new_tokens_dm)
+        outputs, completed = run.reficr.manage_prompts(dm.prompt.tolist())
     predicted = [parse_actions(o, ACTIONS) for o in outputs]
     gold = [list(a) for a in dm.actions]
     metrics = {f"dm.{k}": v for k, v in dialogue_management_metrics(predicted, gold, ACTIONS).items()}
+    # the parse rate is the free generation's; the rest had their action chosen by scoring (ReFICR.manage_prompts)
+    metrics["dm.parse_rate"] = 1.0 - sum(completed) / max(len(completed), 1)
+    metrics["dm.action_scored"] = sum(completed)
     majority = majority_action_set([list(a) for a in run.data.dm_train.actions])
     baseline = dialogue_management_metrics([majority] * len(gold), gold, ACTIONS)
     metrics.update({f"dm.majority.{k}": baseline[k] for k in ("accuracy", "micro_f1")})
     metrics["dm.majority.actions"] = "+".join(majority)
-    return metrics, pd.DataFrame({"instance_id": dm.instance_id, "output": outputs, "predicted_actions": [p or [] for p in predicted],
-                                  "gold_actions": gold})
+    return metrics, pd.DataFrame({"instance_id": dm.instance_id, "output": outputs, "action_scored": completed,
+                                  "predicted_actions": [p or [] for p in predicted], "gold_actions": gold})
 
 
 def evaluate(run: EvalRun) -> EvalResult:

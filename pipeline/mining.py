@@ -30,7 +30,7 @@ from pipeline.data.items import item_titles
 from pipeline.index import build_index, search
 from pipeline.ranking import build_ranking_instance, format_ranking_target
 from pipeline.encoder import Encoder
-from pipeline.recommender import ConversationStore, context_item_lists
+from pipeline.recommender import ConversationStore, ItemCorpus, context_item_lists
 
 
 @dataclass
@@ -157,25 +157,30 @@ def fill_short_list(chosen: list, k: int, pool: list, forbidden: set, rng: rando
 
 
 def mine_dataset(dataset: str, encoder: Encoder, items: pd.DataFrame, dialogues: pd.DataFrame, turns: pd.DataFrame,
-                 conv2item: pd.DataFrame, conv2conv: pd.DataFrame, s: MiningSettings, rng: random.Random) -> MinedDataset:
-    """Eq. 2 and Eq. 3 negatives and ranking instances for one dataset's training ``turns`` (and its pairs)."""
+                 conv2item: pd.DataFrame, conv2conv: pd.DataFrame, s: MiningSettings, rng: random.Random,
+                 item_side: tuple[np.ndarray, np.ndarray | None] | None = None) -> MinedDataset:
+    """Eq. 2 and Eq. 3 negatives and ranking instances for one dataset's training ``turns`` (and its pairs).
+    ``item_side``: INIT's item table and per-item score when it was trained against a fixed table (the
+    catalogue objective, ``pipeline.catalogue.trained_item_side``); by default the encoder embeds the items."""
     start = time.perf_counter()
     k = s.negatives
     item_ids = items["item_id"].tolist()
     title = item_titles(items)
     description = dict(zip(items["item_id"], items["description"]))
-    item_vecs = encoder.items(items["description"].tolist())
+    item_vecs, bias = item_side if item_side is not None else (encoder.items(items["description"].tolist()), None)
     queries = turns["query"].tolist()
     q_item = encoder.conversations(queries, templates.CONV2ITEM_QUERY)
+    # retrieval scores cos + bias: searched as one more dimension, [item, bias] . [query, 1] (as ItemCorpus does)
+    search_items, q_item = ItemCorpus.augment(item_vecs, bias), ItemCorpus.augment(q_item, None if bias is None else 1.0)
     q_conv = encoder.conversations(queries, templates.CONV2CONV_QUERY)
     d_conv = encoder.conversations(queries, templates.CONV2CONV_SAMPLE)
     golds = [list(g) for g in turns["gold_item_ids"]]
     dialogue_ids = turns["dialogue_id"].tolist()
-    item_index = build_index(item_vecs, s.index, s.use_gpu)
+    item_index = build_index(search_items, s.index, s.use_gpu)
     conv_index = build_index(d_conv, s.index, s.use_gpu)
     exclude = ([sorted({i for ids in utts for i in ids}) for utts in context_item_lists(dialogues, turns["instance_id"].tolist())]
                if s.exclude_context_items else None)
-    item_negs, item_stats = mine_item_negatives(q_item, item_vecs, item_ids, golds, k, s.pool, item_index, exclude)
+    item_negs, item_stats = mine_item_negatives(q_item, search_items, item_ids, golds, k, s.pool, item_index, exclude)
     conv_negs, conv_stats = mine_conversation_negatives(q_conv, d_conv, golds, golds, dialogue_ids, dialogue_ids, item_vecs,
                                                         item_ids, k, s.pool, s.conv_aggregation, conv_index)
     filled_items = filled_convs = 0
@@ -210,6 +215,7 @@ def mine_dataset(dataset: str, encoder: Encoder, items: pd.DataFrame, dialogues:
                             "target": format_ranking_target(inst.target_ids), "candidates": inst.candidates})
     out.report = {
         "items": len(items), "train_turns": len(turns),
+        "item_table": "embedded by INIT" if item_side is None else "base (INIT trained against it)",
         "conv2item": item_stats.as_dict() | {"filled_short_lists": filled_items},
         "conv2conv": {key: v for key, v in conv_stats.as_dict().items() if key in ("queries", "mean_negative_sim", "short_lists")}
         | {"filled_short_lists": filled_convs},

@@ -69,12 +69,30 @@ def _embed_docs(lm: RetrievableLM, task: RetrievalTask, texts: list[str], length
                                                truncation_side=task.doc_truncation))
 
 
+def catalogue_parameters(tasks: list[CatalogueTask]) -> dict[str, torch.nn.Parameter]:
+    """Parameters a catalogue objective owns (learned item biases, by dataset), trained beside the adapter."""
+    return {task.name: task.bias for task in tasks if task.bias is not None}
+
+
+def catalogue_losses(lm: RetrievableLM, tasks: list[CatalogueTask], batch: int, rng: random.Random, temperature: float,
+                     lengths: Lengths) -> list[torch.Tensor]:
+    return [catalogue_step_loss(lm, task, _sample(rng, len(task), batch), temperature, lengths.query) for task in tasks if len(task)]
+
+
 @dataclass
 class WarmupObjective:
+    """Eq. 1 over ``tasks``; with ``catalogue`` tasks (an extension, ``warmup.retrieval_objective: catalogue``)
+    Conv2Item is scored against whole catalogues instead of in-batch (see ``pipeline.catalogue``)."""
+
     tasks: list[RetrievalTask]
     batch_size: int
     temperature: float
     lengths: Lengths
+    catalogue: list[CatalogueTask] = field(default_factory=list)
+    catalogue_batch: int = 0  # queries per catalogue task per step
+
+    def extra_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return catalogue_parameters(self.catalogue)
 
     def __call__(self, lm: RetrievableLM, rng: random.Random) -> JointLossOutput:
         losses = []
@@ -86,6 +104,7 @@ class WarmupObjective:
             d = _embed_docs(lm, task, [task.docs[i][0] for i in idx], self.lengths)
             mask = key_overlap_mask([task.query_gold[i] for i in idx], [task.doc_keys[i][0] for i in idx]).to(q.device)
             losses.append(in_batch_info_nce(q, d, self.temperature, mask))
+        losses += catalogue_losses(lm, self.catalogue, self.catalogue_batch, rng, self.temperature, self.lengths)
         if not losses:
             raise ValueError("warm-up needs at least one retrieval task with two or more pairs")
         loss_cl = torch.stack(losses).mean()
@@ -107,8 +126,7 @@ class FinetuneObjective:
     catalogue_batch: int = 0  # queries per catalogue task per step
 
     def extra_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """Parameters the objective owns (learned item biases), trained beside the adapter."""
-        return {task.name: task.bias for task in self.catalogue if task.bias is not None}
+        return catalogue_parameters(self.catalogue)
 
     def __call__(self, lm: RetrievableLM, rng: random.Random) -> JointLossOutput:
         losses = []
@@ -124,10 +142,7 @@ class FinetuneObjective:
             keys = [key for i in idx for key in task.doc_keys[i]]
             mask = key_overlap_mask([task.query_gold[i] for i in idx], keys).to(q.device)
             losses.append(mined_negatives_loss(q, d, self.temperature, group, self.in_batch_negatives, mask))
-        for task in self.catalogue:
-            if len(task):
-                idx = _sample(rng, len(task), self.catalogue_batch)
-                losses.append(catalogue_step_loss(lm, task, idx, self.temperature, self.lengths.query))
+        losses += catalogue_losses(lm, self.catalogue, self.catalogue_batch, rng, self.temperature, self.lengths)
         device = lm.device
         loss_cl = torch.stack(losses).mean() if losses else torch.zeros((), device=device)
         tasks = [t for t in self.generation if len(t)]

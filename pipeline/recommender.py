@@ -46,17 +46,17 @@ class ItemCorpus:
     bias: np.ndarray | None = None
 
     def __post_init__(self):
-        self.index = build_index(self._augment(self.vectors, self.bias))
+        self.index = build_index(self.augment(self.vectors, self.bias))
 
     @staticmethod
-    def _augment(vectors: np.ndarray, column: np.ndarray | float | None) -> np.ndarray:
+    def augment(vectors: np.ndarray, column: np.ndarray | float | None) -> np.ndarray:
         if column is None:
             return vectors
         column = np.broadcast_to(np.asarray(column, dtype=np.float32), (len(vectors),))
         return np.hstack([vectors, column[:, None]]).astype(np.float32)
 
     def top(self, query_vecs: np.ndarray, k: int) -> list[list[str]]:
-        _, ids = search(self.index, self._augment(query_vecs, None if self.bias is None else 1.0), k)
+        _, ids = search(self.index, self.augment(query_vecs, None if self.bias is None else 1.0), k)
         return [[self.item_ids[i] for i in row if i >= 0] for row in ids]
 
     def scores(self, query_vecs: np.ndarray) -> np.ndarray:
@@ -171,7 +171,24 @@ class ReFICR:
 
     def manage(self, texts: list[str]) -> list[str]:
         """Dialogue management: the generated explanation + ``<a>Action</a>`` tags per context."""
-        return self.generate([templates.dialogue_management_prompt(t) for t in texts], self.settings.max_new_tokens_dm)
+        return self.manage_prompts([templates.dialogue_management_prompt(t) for t in texts])[0]
+
+    def manage_prompts(self, prompts: list[str]) -> tuple[list[str], list[bool]]:
+        """Dialogue management on built prompts: the outputs, and per output whether its action was chosen by
+        scoring. Greedy generation first; where it names no action (cut at ``max_new_tokens_dm`` or malformed),
+        the explanation generated so far is completed with the most likely ``<a>Action</a>`` of the action set
+        (log-likelihood under the model), so every turn gets an action and the chat can act on it."""
+        outputs = self.generate(prompts, self.settings.max_new_tokens_dm)
+        missing = [i for i, o in enumerate(outputs) if parse_actions(o, ACTIONS) is None]
+        if missing:
+            endings = [f"{outputs[i].split('<a>')[0].rstrip()} <a>{a}</a>".lstrip() for i in missing for a in ACTIONS]
+            scores = self.lm.score([prompts[i] for i in missing for _ in ACTIONS], endings, batch_size=self.settings.generation_batch,
+                                   max_prompt_length=self.settings.prompt_length,
+                                   max_target_length=2 * self.settings.max_new_tokens_dm)
+            for j, i in enumerate(missing):
+                options = range(j * len(ACTIONS), (j + 1) * len(ACTIONS))
+                outputs[i] = endings[max(options, key=lambda o: float(scores[o].sum()))]
+        return outputs, [i in set(missing) for i in range(len(outputs))]
 
     def retrieve(self, texts: list[str], instruction: str = templates.CONV2ITEM_QUERY) -> list[list[str]]:
         """Conv2Item: the top ``top_k`` items of the whole corpus per context."""

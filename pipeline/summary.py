@@ -51,7 +51,8 @@ def table(name: str, m: dict) -> list[str]:
               f"- ranking output parse rate (ranked+knowledge): {m['ranked+knowledge.ranking_output.parse_rate']:.3f}"]
     if "dm.accuracy" in m:
         lines.append(f"- dialogue management on held-out IARD: accuracy {m['dm.accuracy']:.3f}, micro-F1 {m['dm.micro_f1']:.3f}, "
-                     f"parse rate {m['dm.parse_rate']:.3f} (n = {m['dm.n']}); majority-action baseline "
+                     f"parse rate of the free generation {m['dm.parse_rate']:.3f}, the other {m.get('dm.action_scored', 0)} "
+                     f"had their action chosen by scoring (n = {m['dm.n']}); majority-action baseline "
                      f"({m.get('dm.majority.actions', '?')}): accuracy {m.get('dm.majority.accuracy', float('nan')):.3f}, "
                      f"micro-F1 {m.get('dm.majority.micro_f1', float('nan')):.3f}")
     return lines + [""]

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 
+from pipeline import schemas
+from pipeline.catalogue import CatalogueTask, catalogue_tasks
 from pipeline.training import LossFn, TrainConfig, TrainLoop, Validator, run_fingerprint
 from stages._common import ROOT
 from stages._params import lora, model_settings
 
 BASE = ROOT / "models/base"
+DATASETS = ("redial", "inspired")
+# what the catalogue objective reads (also fingerprinted: a checkpoint resumes only on the same inputs)
+CATALOGUE_INPUTS = tuple(f"data/embeddings/base/{d}_items.npy" for d in DATASETS) + tuple(
+    f"data/interim/{d}/items.parquet" for d in DATASETS)
+OBJECTIVES = {"warmup": ("in_batch", "catalogue"), "finetune": ("mined", "catalogue")}
+
+
+def read_items() -> dict[str, pd.DataFrame]:
+    return {d: schemas.read_table(ROOT / f"data/interim/{d}/items.parquet", schemas.ITEMS) for d in DATASETS}
+
+
+def catalogue_objective(params: dict, section: str, conv2item: pd.DataFrame, items: dict[str, pd.DataFrame]) -> list[CatalogueTask]:
+    """``params[section]``'s Conv2Item catalogue tasks against the base model's item tables (``embed_base_items``),
+    or none when the section trains the paper's Conv2Item objective."""
+    s = params[section]
+    if s["retrieval_objective"] not in OBJECTIVES[section]:
+        raise ValueError(f"params.yaml: {section}.retrieval_objective {s['retrieval_objective']!r}; "
+                         f"expected one of {', '.join(OBJECTIVES[section])}")
+    if s["retrieval_objective"] != "catalogue":
+        return []
+    tables = {d: np.load(ROOT / f"data/embeddings/base/{d}_items.npy", allow_pickle=False) for d in DATASETS}
+    return catalogue_tasks(conv2item, items, tables, s["item_bias"])
 
 
 def train_config(params: dict, section: str) -> TrainConfig:

@@ -15,12 +15,10 @@ import logging
 import sys
 
 import numpy as np
-from safetensors.numpy import load_file
 
 from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, Timer, build_system, evaluate
 from pipeline.io import atomic_dir, atomic_path, write_json
-from pipeline.catalogue import BIAS_FILE
-from pipeline.model import ADAPTER_MANIFEST
+from pipeline.catalogue import trained_item_side
 from pipeline.settings import ModelSettings, RecommenderSettings
 from stages._common import ROOT, load_params, setup_logging
 from stages._params import model_settings
@@ -46,17 +44,6 @@ def eval_settings(params: dict, dataset: str) -> EvalSettings:
                         ev["prior_betas"], ev["max_validation"])
 
 
-def fine_tuned_item_side(dataset: str, base_items: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Trained with the catalogue objective: the base item table it was trained against (+ temperature x its
-    learned item bias). Trained with the paper's: None, None (the fine-tuned model embeds the items)."""
-    manifest = json.loads((ROOT / "models/reficr" / ADAPTER_MANIFEST).read_text())
-    if manifest.get("retrieval_objective", "mined") != "catalogue":
-        return None, None
-    bias_file = ROOT / "models/reficr" / BIAS_FILE
-    bias = load_file(bias_file)[dataset] * manifest["temperature"] if bias_file.exists() else None
-    return base_items, bias
-
-
 def write_outputs(dataset: str, result: EvalResult, model: ModelSettings) -> None:
     with atomic_dir(ROOT / "data/eval" / dataset) as out:
         result.predictions.to_parquet(out / "predictions.parquet", index=False)
@@ -77,7 +64,7 @@ def main(dataset: str) -> None:
     model, settings = model_settings(params), recommender_settings(params)
     data = EvalData.read(ROOT, dataset, with_dm=dataset == "redial")
     base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)
-    items, bias = fine_tuned_item_side(dataset, base_items)
+    items, bias = trained_item_side(ROOT / "models/reficr", dataset, base_items)
     run = EvalRun(data, lambda: build_system(model.load(BASE), data, settings, base_items),
                   lambda: build_system(model.load(BASE, adapter=ROOT / "models/reficr", merge=True), data, settings, items, bias),
                   eval_settings(params, dataset), settings, Timer())

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 
-from pipeline import schemas
-from pipeline.catalogue import BIAS_FILE, CatalogueValidation, catalogue_tasks
+from pipeline.catalogue import BIAS_FILE, CatalogueValidation
 from pipeline.objectives import FinetuneObjective, finetune_tasks
 from stages._common import ROOT, load_params, setup_logging
 from stages._params import lengths
-from stages._training import train_adapter
+from stages._training import CATALOGUE_INPUTS, catalogue_objective, read_items, train_adapter
 
 log = logging.getLogger("stages.finetune")
 INPUTS = (
@@ -31,10 +29,8 @@ INPUTS = (
     "data/instructions/dm_train.parquet",
     "data/instructions/response_train.parquet",
 )
-DATASETS = ("redial", "inspired")
 # also fingerprinted (a checkpoint resumes only on the same inputs): what the catalogue objective and validation read
-CATALOGUE_INPUTS = tuple(f"data/embeddings/base/{d}_items.npy" for d in DATASETS) + tuple(
-    f"data/interim/{d}/items.parquet" for d in DATASETS) + ("data/instructions/turns_valid.parquet",)
+VALIDATION_INPUTS = CATALOGUE_INPUTS + ("data/instructions/turns_valid.parquet",)
 USED = ("seed", "negatives", "model", "lengths", "embed", "finetune")
 
 
@@ -43,13 +39,8 @@ def catalogue_inputs(params: dict, conv2item: pd.DataFrame):
     ``validate_every`` steps and at the end; 0 = none, the curve is then empty). With the paper's objective the
     validator re-embeds both catalogues each time (minutes on a CPU); with the catalogue objective only queries."""
     f, ln = params["finetune"], lengths(params)
-    items = {d: schemas.read_table(ROOT / f"data/interim/{d}/items.parquet", schemas.ITEMS) for d in DATASETS}
-    tasks = []
-    if f["retrieval_objective"] == "catalogue":
-        tables = {d: np.load(ROOT / f"data/embeddings/base/{d}_items.npy", allow_pickle=False) for d in DATASETS}
-        tasks = catalogue_tasks(conv2item, items, tables, f["item_bias"])
-    elif f["retrieval_objective"] != "mined":
-        raise ValueError(f"finetune.retrieval_objective {f['retrieval_objective']!r}; expected mined or catalogue")
+    items = read_items()
+    tasks = catalogue_objective(params, "finetune", conv2item, items)
     if not f["validate_every"]:
         return tasks, None
     return tasks, CatalogueValidation.build(pd.read_parquet(ROOT / "data/instructions/turns_valid.parquet"), items, tasks,
@@ -70,7 +61,7 @@ def main() -> None:
                                   lengths(params), f["lambda_cl"], f["lambda_gen"], f["in_batch_negatives"],
                                   catalogue, f["catalogue_batch"])
     extra = {"negatives": params["negatives"], "retrieval_objective": f["retrieval_objective"], "temperature": f["temperature"]}
-    train_adapter(params, "finetune", USED, INPUTS + CATALOGUE_INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)
+    train_adapter(params, "finetune", USED, INPUTS + VALIDATION_INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)
     log.info("ReFICR written to models/reficr")
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import random
 
+import numpy as np
 import pandas as pd
 
 from pipeline import schemas
+from pipeline.catalogue import trained_item_side
 from pipeline.index import write_index
 from pipeline.io import atomic_dir, write_json
 from pipeline.mining import MiningSettings, mine_dataset
@@ -44,8 +46,12 @@ def main() -> None:
         items = schemas.read_table(ROOT / f"data/interim/{dataset}/items.parquet", schemas.ITEMS)
         dialogues = schemas.read_table(ROOT / f"data/interim/{dataset}/dialogues.parquet", schemas.DIALOGUES)
         turns, conv2item, conv2conv = (t[t.dataset == dataset].reset_index(drop=True) for t in train.values())
-        log.info("%s: embedding %d items and %d training contexts (x3) with ReFICR_INIT", dataset, len(items), len(turns))
-        mined[dataset] = mine_dataset(dataset, encoder, items, dialogues, turns, conv2item, conv2conv, settings, rng)
+        base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)
+        table, bias = trained_item_side(ROOT / "models/init", dataset, base_items)
+        side = None if table is None else (table, bias)  # INIT trained against the base table: no re-embedding
+        log.info("%s: embedding %s and %d training contexts (x3) with ReFICR_INIT", dataset,
+                 f"{len(items)} items" if side is None else "no items (the base item table)", len(turns))
+        mined[dataset] = mine_dataset(dataset, encoder, items, dialogues, turns, conv2item, conv2conv, settings, rng, side)
         log.info("%s mined: %s", dataset, mined[dataset].report)
     with atomic_dir(ROOT / "data/negatives") as tmp:
         for name in ("conv2item", "conv2conv", "ranking"):

@@ -1,5 +1,7 @@
 """DVC stage `warmup` (ReFICR_INIT, Eq. 1): LoRA on the base model, InfoNCE with in-batch negatives over
-Conv2Item and Conv2Conv pairs. Output: models/init (adapter), plots/warmup_loss.csv.
+Conv2Item and Conv2Conv pairs; with `warmup.retrieval_objective: catalogue` Conv2Item is scored against the
+whole catalogue in the base model's item table instead (``pipeline.catalogue``: an extension; mining then
+needs no re-embedding of the items). Output: models/init (adapter [+ item_bias.safetensors]), plots/warmup_loss.csv.
 
     python -m stages.warmup
 """
@@ -10,10 +12,11 @@ import logging
 
 import pandas as pd
 
+from pipeline.catalogue import BIAS_FILE
 from pipeline.objectives import WarmupObjective, warmup_tasks
 from stages._common import ROOT, load_params, setup_logging
 from stages._params import lengths
-from stages._training import train_adapter
+from stages._training import CATALOGUE_INPUTS, catalogue_objective, read_items, train_adapter
 
 log = logging.getLogger("stages.warmup")
 INPUTS = ("data/instructions/conv2item_train.parquet", "data/instructions/conv2conv_train.parquet")
@@ -24,8 +27,13 @@ def main() -> None:
     params = load_params()
     w = params["warmup"]
     conv2item, conv2conv = (pd.read_parquet(ROOT / p) for p in INPUTS)
-    objective = WarmupObjective(warmup_tasks(conv2item, conv2conv), w["batch_size"], w["temperature"], lengths(params))
-    train_adapter(params, "warmup", ("seed", "model", "lengths", "warmup"), INPUTS, objective, "models/init", {})
+    catalogue = catalogue_objective(params, "warmup", conv2item, read_items())
+    tasks = [t for t in warmup_tasks(conv2item, conv2conv) if not (catalogue and t.name == "conv2item")]
+    objective = WarmupObjective(tasks, w["batch_size"], w["temperature"], lengths(params), catalogue, w["catalogue_batch"])
+    extra = {"retrieval_objective": w["retrieval_objective"], "temperature": w["temperature"]}
+    inputs = INPUTS + (CATALOGUE_INPUTS if catalogue else ())
+    train_adapter(params, "warmup", ("seed", "model", "lengths", "warmup"), inputs, objective, "models/init", extra,
+                  tensor_file=BIAS_FILE)
     log.info("ReFICR_INIT written to models/init")
 
 

@@ -111,10 +111,13 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tmp_path):
     # the catalogue objective (pipeline.catalogue): re-runs fine-tuning and evaluation; the item bias travels to the CLI
     catalogue = yaml.safe_load(yaml.safe_dump(original))
     catalogue["finetune"].update(retrieval_objective="catalogue", validate_every=2)
+    catalogue["warmup"].update(retrieval_objective="catalogue")
     (repo / "params.yaml").write_text(yaml.safe_dump(catalogue, sort_keys=False))
-    assert stale_stages(run(["dvc", "status"], repo, env)) == {"finetune"}
+    assert stale_stages(run(["dvc", "status"], repo, env)) == {"warmup", "finetune"}
     run(["dvc", "repro"], repo, env)
-    assert (repo / "models/reficr/item_bias.safetensors").exists()
+    assert (repo / "models/reficr/item_bias.safetensors").exists() and (repo / "models/init/item_bias.safetensors").exists()
+    mining = json.loads((repo / "data/negatives/mining_report.json").read_text())
+    assert {d["item_table"] for d in mining["datasets"].values()} == {"base (INIT trained against it)"}
     curve = pd.read_csv(repo / "plots/finetune_validation.csv")
     assert curve.step.tolist() == [0, 0, 2, 2, 3, 3] and set(curve.dataset) == {"redial", "inspired"}
     assert (repo / "data/eval/redial/reficr_item_bias.npy").exists()

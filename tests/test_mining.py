@@ -56,3 +56,26 @@ def test_conversation_gold_similarity_aggregation():
     assert negs_mean == [[0, 1]]
     with pytest.raises(ValueError, match="aggregation"):
         mine_conversation_negatives(*args, k=1, pool=1, aggregation="min")
+
+
+def test_item_negatives_follow_the_learned_bias_of_a_catalogue_trained_init(tmp_path):
+    """INIT trained against a fixed table (the catalogue objective) scores cos + bias: mining searches [item, bias]
+    against [query, 1] (ItemCorpus.augment), so a large bias pulls an item up the negatives."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from pipeline.catalogue import trained_item_side
+    from pipeline.recommender import ItemCorpus
+
+    (tmp_path / "reficr_adapter.json").write_text(json.dumps({"retrieval_objective": "catalogue", "temperature": 0.5}))
+    save_file({"toy": np.array([0.0, 0.0, 0.0, 2.0], dtype=np.float32)}, str(tmp_path / "item_bias.safetensors"))
+    table, bias = trained_item_side(tmp_path, "toy", ITEMS)
+    assert table is ITEMS and bias.tolist() == [0.0, 0.0, 0.0, 1.0]  # temperature x bias
+    query = unit([1, 0])
+    negs, _ = mine_item_negatives(ItemCorpus.augment(query, 1.0), ItemCorpus.augment(table, bias), IDS, [["i0"]], k=2, pool=3)
+    assert negs == [["i3", "i1"]]  # i3: cos 0 + 1.0 beats i1: 0.8
+    with pytest.raises(ValueError, match="expected a bias of 3 items"):
+        trained_item_side(tmp_path, "toy", ITEMS[:3])
+    (tmp_path / "reficr_adapter.json").write_text(json.dumps({"retrieval_objective": "in_batch", "temperature": 0.5}))
+    assert trained_item_side(tmp_path, "toy", ITEMS) == (None, None)  # the adapter embeds the items itself

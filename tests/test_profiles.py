@@ -34,6 +34,7 @@ def test_gritlm_profile_carries_the_papers_settings():
                                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
     assert p["finetune"]["lr"] == 2.0e-5 and p["finetune"]["temperature"] == 0.02 and p["negatives"] == 9
     assert p["finetune"]["retrieval_objective"] == "mined"  # the paper's Eq. 4-5, not the CPU extension
+    assert p["warmup"]["retrieval_objective"] == "in_batch"  # the paper's Eq. 1
     assert (p["lengths"]["query"], p["lengths"]["document"], p["lengths"]["prompt"]) == (512, 1024, 2048)
 
 

@@ -84,3 +84,20 @@ def test_context_items_are_those_before_the_turn():
 def test_from_run_names_the_dvc_target_that_makes_a_missing_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dvc repro evaluate@inspired"):
         ReFICR.from_run(tmp_path, "inspired")
+
+
+@pytest.mark.slow
+def test_dialogue_management_scores_an_action_where_generation_names_none(system):
+    from pipeline.instructions import ACTIONS
+    from pipeline.metrics import parse_actions
+
+    reficr, _ = system
+    prompts = [templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight")]
+    free = reficr.generate(prompts, SETTINGS.max_new_tokens_dm)
+    assert parse_actions(free[0], ACTIONS) is None  # 12 new tokens cannot reach the <a></a> tags
+    outputs, scored = reficr.manage_prompts(prompts)
+    assert scored == [True] and outputs[0].startswith(free[0].split("<a>")[0].strip())
+    endings = [f"{free[0].split('<a>')[0].rstrip()} <a>{a}</a>".lstrip() for a in ACTIONS]
+    loglik = [s.sum() for s in reficr.lm.score(prompts * len(ACTIONS), endings, max_prompt_length=SETTINGS.prompt_length)]
+    assert parse_actions(outputs[0], ACTIONS) == [ACTIONS[int(np.argmax(loglik))]]
+    assert reficr.manage(["Seeker: Hi! I want a funny movie for tonight"]) == outputs
