@@ -10,7 +10,6 @@ settings they were made with, which `reficr recommend` / `reficr chat` load thro
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 
