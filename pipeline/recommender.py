@@ -188,7 +188,8 @@ class ReFICR:
             for j, i in enumerate(missing):
                 options = range(j * len(ACTIONS), (j + 1) * len(ACTIONS))
                 outputs[i] = endings[max(options, key=lambda o: float(scores[o].sum()))]
-        return outputs, [i in set(missing) for i in range(len(outputs))]
+        scored = set(missing)
+        return outputs, [i in scored for i in range(len(outputs))]
 
     def retrieve(self, texts: list[str], instruction: str = templates.CONV2ITEM_QUERY) -> list[list[str]]:
         """Conv2Item: the top ``top_k`` items of the whole corpus per context."""
