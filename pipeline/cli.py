@@ -5,14 +5,13 @@
     reficr data ingest redial      # one dataset's raw files -> data/interim/redial
     reficr recommend --dataset redial --input conversations.jsonl --output out.jsonl
     reficr chat --dataset redial   # talk to the trained recommender in the terminal
+    reficr serve --dataset redial  # HTTP service + web chat page on 127.0.0.1:8000 (pipeline/serve.py)
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -76,44 +75,66 @@ def _load_recommender(dataset: str, root: Path):
         raise typer.BadParameter(str(err)) from err
 
 
-def _context(record: dict, where: str) -> list[dict]:
-    context = record.get("context")
-    if not isinstance(context, list) or not all(isinstance(u, dict) and u.get("speaker") in ("seeker", "recommender")
-                                                and isinstance(u.get("text"), str) for u in context):
-        raise typer.BadParameter(f"{where}: expected {{\"context\": [{{\"speaker\": \"seeker\"|\"recommender\", \"text\": str}}, ...]}}")
-    return context
+def _read_requests(path: Path, max_top_k: int) -> list:
+    """Every line of a JSONL file as a request (``pipeline.answer.request_model``: the body ``POST /v1/recommend``
+    takes), checked before any model is loaded; every bad line is reported at once, then the command exits."""
+    from pydantic import ValidationError
+
+    from pipeline.answer import request_model, validation_problems
+
+    model = request_model(max_top_k)
+    expected = (f'each line: {{"context": [{{"speaker": "seeker"|"recommender", "text": str}}, ...], '
+                f'"force_recommend": bool (optional), "top_k": 1..{max_top_k} (optional)}}')
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise typer.BadParameter(f"{path}: cannot read it as UTF-8 text ({err})") from err
+    requests, problems = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            requests.append(model.model_validate_json(line))
+        except ValidationError as err:
+            problems += [f"  line {number}: {p}" for p in validation_problems(err)]
+    if not requests and not problems:
+        problems.append("  no conversations in it")
+    if problems:
+        typer.echo(f"{path}: {len(problems)} problem(s), nothing was run; {expected}", err=True)
+        typer.echo("\n".join(problems), err=True)
+        raise typer.Exit(2)
+    return requests
 
 
 @app.command()
 def recommend(dataset: str = typer.Option("redial", help="redial | inspired: which corpus to recommend from"),
-              input: Path = typer.Option(..., help="JSON lines: {\"context\": [{\"speaker\": ..., \"text\": ...}, ...]}"),
-              output: Path = typer.Option(..., help="JSON lines out: actions, candidates, knowledge, ranking, response"),
-              force_recommend: bool = typer.Option(False, help="recommend even when dialogue management does not say so"),
+              input: Path = typer.Option(..., help="JSON lines, each the body of POST /v1/recommend: {\"context\": [{\"speaker\": ..., \"text\": ...}, ...]}"),
+              output: Path = typer.Option(..., help="JSON lines out, each what POST /v1/recommend answers: actions, candidates, knowledge, recommended, response, timings_ms"),
+              force_recommend: bool = typer.Option(False, help="recommend even when dialogue management does not say so (for every line)"),
               root: Path = typer.Option(Path("."), help="project root")) -> None:
-    """Batch: conversations in, ReFICR's turn (action, candidates, ranking, response) out."""
+    """Batch: conversations in, ReFICR's turn (action, candidates, ranking, response) out: the same records as
+    `reficr serve`'s POST /v1/recommend."""
+    from pipeline.answer import answer_turn, run_candidate_count
     from pipeline.io import atomic_path
 
-    records = []  # the whole input is checked before the model is loaded
-    for number, line in enumerate(input.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise typer.BadParameter(f"{input}: line {number}: invalid JSON ({err.msg})") from err
-            records.append(_context(record if isinstance(record, dict) else {}, f"{input}: line {number}"))
+    # the whole input is checked before the model is loaded (top_k against the run's candidate count when known)
+    requests = _read_requests(input, run_candidate_count(root, dataset) or 50)
     system = _load_recommender(dataset, root)
     with atomic_path(output) as tmp, open(tmp, "w") as fh:
-        for context in records:
-            turn = system.turn(context, force_recommend=force_recommend)
-            out = asdict(turn) | {"recommended_titles": [system.title[i] for i in turn.recommended]}
-            fh.write(json.dumps(out, ensure_ascii=False) + "\n")
-    typer.echo(f"{len(records)} conversations -> {output}")
+        for request in requests:
+            turn = answer_turn(system, [u.model_dump() for u in request.context],
+                               force_recommend=force_recommend or request.force_recommend, top_k=request.top_k)
+            fh.write(turn.model_dump_json() + "\n")
+    typer.echo(f"{len(requests)} conversations -> {output}")
 
 
 @app.command()
 def chat(dataset: str = typer.Option("redial", help="redial | inspired"),
+         force_recommend: bool = typer.Option(False, help="recommend at every turn"),
          root: Path = typer.Option(Path("."), help="project root")) -> None:
     """Talk to the trained recommender; each turn shows the action, candidates, knowledge and ranking."""
+    from pipeline.answer import answer_turn
+
     system = _load_recommender(dataset, root)
     context: list[dict] = []
     typer.echo("You are the seeker. Empty line or Ctrl-D to stop.")
@@ -122,14 +143,35 @@ def chat(dataset: str = typer.Option("redial", help="redial | inspired"),
         if not text:
             break
         context.append({"speaker": "seeker", "text": text})
-        turn = system.turn(context)
+        turn = answer_turn(system, context, force_recommend=force_recommend)
         typer.echo(f"  [action] {', '.join(turn.actions) or '(none parsed)'}")
         if turn.candidates:
-            typer.echo(f"  [candidates] {', '.join(system.title[i] for i in turn.candidates)}")
+            typer.echo(f"  [candidates] {', '.join(f'{c.title} ({c.score:.3f})' for c in turn.candidates)}")
             typer.echo(f"  [knowledge] {turn.knowledge.splitlines()[0]}")
-            typer.echo(f"  [ranking] {', '.join(system.title[i] for i in turn.recommended)}")
+            typer.echo(f"  [ranking] {', '.join(r.title for r in turn.recommended)}")
+        typer.echo(f"  [ms] {', '.join(f'{k} {v:.0f}' for k, v in turn.timings_ms.model_dump().items() if v)}")
         typer.echo(f"recommender: {turn.response}")
-        context.append({"speaker": "recommender", "text": turn.response})
+        if turn.response.strip():
+            context.append({"speaker": "recommender", "text": turn.response})
+
+
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
+          port: int = typer.Option(8000, help="port to listen on"),
+          dataset: str = typer.Option("redial", help="redial | inspired: which trained run to serve"),
+          root: Path = typer.Option(Path("."), help="project root"),
+          max_body_kib: int = typer.Option(1024, help="largest request body accepted (KiB); larger gets a 413"),
+          queue_timeout: float = typer.Option(300.0, help="seconds a request may wait for the model before a 503")) -> None:
+    """HTTP service + web chat page over the trained run: GET / (chat), GET /healthz, POST /v1/recommend, GET /openapi.json."""
+    import logging
+
+    from pipeline.serve import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_server(root, dataset, host, port, max_body_bytes=max_body_kib * 1024, queue_timeout_s=queue_timeout)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err)) from err
 
 
 if __name__ == "__main__":

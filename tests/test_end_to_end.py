@@ -1,11 +1,9 @@
-"""The whole DAG (`dvc repro`) in a temporary copy of the repo, on the committed slices, with the tiny profile."""
+"""The whole DAG (`dvc repro`) in a temporary copy of the repo, on the committed slices, with the tiny profile
+(built once per session by conftest's ``tiny_run``; this test works on a copy of it)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,20 +13,9 @@ import yaml
 
 from pipeline.evaluation import SYSTEM_NAMES
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import repo_env, run
+
 pytestmark = pytest.mark.slow
-
-
-def tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if line and (ROOT / line).is_file()]
-
-
-def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 1500) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result.stdout + result.stderr
 
 
 def stale_stages(status: str) -> set[str]:
@@ -54,19 +41,10 @@ def echo_recall(repo: Path, dataset: str, instance_ids: list[str], k: int) -> fl
     return sum(hits) / len(hits)
 
 
-def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tmp_path):
-    repo = tmp_path / "repo"
-    for rel in tracked_files():
-        dest = repo / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dest)
-    env = dict(os.environ, REFICR_DATA_MIRROR=str(repo / "tests/fixtures/raw"), DVC_NO_ANALYTICS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    params = yaml.safe_load((repo / "profiles/tiny.yaml").read_text())
-    params["data"]["manifest"] = "tests/fixtures/raw/manifest.json"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], repo, env)
-    run(["dvc", "repro"], repo, env)
+def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
+    repo = tiny_run.copy(tmp_path / "repo")  # `dvc repro` ran in tiny_run (conftest); this test changes its copy
+    env = repo_env(repo)
+    params = yaml.safe_load(yaml.safe_dump(tiny_run.params))
     for dataset in ("redial", "inspired"):
         metrics = json.loads((repo / f"metrics/{dataset}.json").read_text())
         for system in SYSTEM_NAMES:
@@ -87,7 +65,7 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tmp_path):
          "--output", str(tmp_path / "out.jsonl"), "--force-recommend", "--root", str(repo)], repo, env)
     turn = json.loads((tmp_path / "out.jsonl").read_text())
     assert len(turn["candidates"]) == 10 and turn["recommended"] and isinstance(turn["response"], str)
-    assert all(c.startswith("redial:") for c in turn["candidates"])
+    assert all(c["item_id"].startswith("redial:") for c in turn["candidates"])
     # a second repro does nothing
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo, env)
     # changing the number of negatives re-runs mining, fine-tuning and evaluation only
