@@ -65,10 +65,23 @@ def ingest(dataset: str = typer.Argument(..., help="redial | inspired | iard"),
     typer.echo(f"{root / 'data/interim' / dataset}: {result.report.get('splits')}")
 
 
+def _quiet_libraries() -> None:
+    """Known harmless library output the terminal tools do not show: transformers' per-tensor "Loading weights"
+    bar and the deprecation peft triggers inside transformers when it wraps a model (``is_gradient_checkpointing``,
+    transformers 5; nothing for us to change)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def _load_recommender(dataset: str, root: Path):
     """The trained system `evaluate@<dataset>` saved (one loading path: ``ReFICR.from_run``)."""
     from pipeline.recommender import ReFICR
 
+    _quiet_libraries()
     try:
         return ReFICR.from_run(root, dataset)
     except FileNotFoundError as err:
@@ -168,6 +181,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
     from pipeline.serve import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
     try:
         run_server(root, dataset, host, port, max_body_bytes=max_body_kib * 1024, queue_timeout_s=queue_timeout)
     except FileNotFoundError as err:

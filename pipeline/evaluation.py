@@ -11,7 +11,6 @@ summary follow from the registry.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,11 +31,11 @@ from pipeline.model import RetrievableLM
 from pipeline.catalogue import recall_per_item
 from pipeline.ranking import ParsedRanking, parse_statistics, random_ranking
 from pipeline.encoder import Encoder
+from pipeline.grounding import ITEM_TAG, Catalogue, Reply, check_reply
 from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR, context_item_lists
 from pipeline.settings import RecommenderSettings
 
 log = logging.getLogger(__name__)
-ITEM_TAG = re.compile(r"<item>(.*?)</item>")
 
 
 @dataclass(frozen=True)
@@ -279,7 +278,8 @@ def response_metrics(run: EvalRun, ranked_with_knowledge: dict[str, list[str]]) 
     metrics = {"response.ppl.gold_items": perplexity(gold_lp), "response.ppl.own_items": perplexity(own_lp), "response.n": len(resp)}
     sample = cap(resp.reset_index(), s.max_responses or None, s.seed)
     with run.timer("response generation"):
-        generated = system.respond([context[i] for i in sample.instance_id], [own_items[i] for i in sample.instance_id])
+        replies = system.replies([context[i] for i in sample.instance_id], [own_items[i] for i in sample.instance_id])
+    generated = [r.raw for r in replies]  # the model's generation: Distinct-n and item mentions, as the paper
     tokens = [g.lower().split() for g in generated]
     for n in (2, 4):
         for variant, value in distinct_n(tokens, n).items():
@@ -289,7 +289,28 @@ def response_metrics(run: EvalRun, ranked_with_knowledge: dict[str, list[str]]) 
     metrics["response.item_mentions"] = len(mentions)
     metrics["response.item_mentions_outside_corpus"] = sum(1 for m in mentions if m.lower() not in known_titles)
     metrics["response.generated_n"] = len(generated)
-    return metrics, pd.DataFrame({"instance_id": sample.instance_id, "generated": generated, "gold": sample.target})
+    metrics.update(grounding_metrics(replies, [[system.title[x] for x in own_items[i]] for i in sample.instance_id],
+                                     [context[i] for i in sample.instance_id], system.catalogue))
+    return metrics, pd.DataFrame({"instance_id": sample.instance_id, "generated": generated,
+                                  "reply": [r.text for r in replies], "fallback": [r.fallback for r in replies],
+                                  "items_appended": [r.appended for r in replies],
+                                  "gold": sample.target})
+
+
+def grounding_metrics(replies: list[Reply], allowed: list[list[str]], contexts: list[str], catalogue: Catalogue) -> dict[str, float]:
+    """Share of replies naming an item outside the turn's recommended items, with a loop, copying the seeker:
+    ``response.raw.*`` for the model's generation, ``response.reply.*`` for what a person reads
+    (``pipeline.grounding``), how many replies fell back to the fixed sentence and how many had it added."""
+    out: dict[str, float] = {}
+    for variant in ("raw", "reply"):
+        checks = [check_reply(r.raw if variant == "raw" else r.text, a, c, catalogue) for r, a, c in zip(replies, allowed, contexts)]
+        n = max(len(checks), 1)
+        out[f"response.{variant}.outside_items_rate"] = sum(bool(c.outside_items) for c in checks) / n
+        out[f"response.{variant}.loop_rate"] = sum(c.loop for c in checks) / n
+        out[f"response.{variant}.copy_rate"] = sum(c.copied for c in checks) / n
+    out["response.reply.fallback_rate"] = sum(r.fallback for r in replies) / max(len(replies), 1)
+    out["response.reply.items_appended_rate"] = sum(r.appended for r in replies) / max(len(replies), 1)
+    return out
 
 
 def dialogue_management(run: EvalRun) -> tuple[dict[str, float], pd.DataFrame]:

@@ -20,6 +20,7 @@ from pipeline import templates
 from pipeline.catalogue import rank_scores
 from pipeline.data.items import item_titles
 from pipeline.encoder import Encoder
+from pipeline.grounding import Catalogue, Reply, ground_reply
 from pipeline.index import build_index, search
 from pipeline.instructions import ACTIONS
 from pipeline.metrics import parse_actions
@@ -126,6 +127,7 @@ class ReFICR:
                  settings: RecommenderSettings):
         self.lm, self.corpus, self.store, self.title, self.settings = lm, corpus, store, title, settings
         self.encoder = Encoder(lm, settings.query_length, settings.document_length, settings.embed_batch)
+        self.catalogue = Catalogue(title.values())
 
     # ------------------------------------------------------------------ loading a trained run
     @classmethod
@@ -211,9 +213,16 @@ class ReFICR:
                              s.generation_batch, s.prompt_length)
 
     def respond(self, texts: list[str], items: list[list[str]]) -> list[str]:
-        """Response generation naming ``items`` (ids) per context; no items gives the prompt's 'None'."""
+        """The replies a person reads (the text of ``replies``)."""
+        return [r.text for r in self.replies(texts, items)]
+
+    def replies(self, texts: list[str], items: list[list[str]]) -> list[Reply]:
+        """Response generation naming ``items`` (ids) per context (no items gives the prompt's 'None'), each
+        generated reply grounded in the turn (``pipeline.grounding``: no other items, no loops, no copy of the
+        seeker, no next turn); the raw generation is kept beside it."""
         prompts = [templates.response_prompt(t, [self.title[i] for i in ids]) for t, ids in zip(texts, items)]
-        return self.generate(prompts, self.settings.max_new_tokens_response)
+        raw = self.generate(prompts, self.settings.max_new_tokens_response)
+        return [ground_reply(r, [self.title[i] for i in ids], t, self.catalogue) for r, ids, t in zip(raw, items, texts)]
 
     # ------------------------------------------------------------------ one turn
     def turn(self, context: list[dict], force_recommend: bool = False) -> Turn:

@@ -48,6 +48,7 @@ def table(name: str, m: dict) -> list[str]:
               f"unique/responses (CRSLab): {m['response.distinct@2.per_response']:.3f} / {m['response.distinct@4.per_response']:.3f} "
               f"(n = {m['response.generated_n']})",
               f"- generated item mentions outside the corpus: {m['response.item_mentions_outside_corpus']} of {m['response.item_mentions']}",
+              *grounding_lines(m),
               f"- ranking output parse rate (ranked+knowledge): {m['ranked+knowledge.ranking_output.parse_rate']:.3f}"]
     if "dm.accuracy" in m:
         lines.append(f"- dialogue management on held-out IARD: accuracy {m['dm.accuracy']:.3f}, micro-F1 {m['dm.micro_f1']:.3f}, "
@@ -66,3 +67,17 @@ def summary_markdown(metrics: dict[str, dict]) -> str:
     for dataset, name in DATASETS:
         lines += table(name, metrics[dataset])
     return "\n".join(lines)
+
+
+def grounding_lines(m: dict) -> list[str]:
+    """Replies naming an item outside the turn's recommended items, looping, copying the seeker: the model's
+    generation against what a person reads (pipeline.grounding)."""
+    if "response.reply.loop_rate" not in m:
+        return []
+    rate = "{:.0%}".format
+    return [f"- replies (n = {m['response.generated_n']}), model generation -> what a person reads: an item outside the "
+            f"recommended list {rate(m['response.raw.outside_items_rate'])} -> {rate(m['response.reply.outside_items_rate'])}, "
+            f"a loop {rate(m['response.raw.loop_rate'])} -> {rate(m['response.reply.loop_rate'])}, "
+            f"the seeker's words copied {rate(m['response.raw.copy_rate'])} -> {rate(m['response.reply.copy_rate'])}; "
+            f"{rate(m['response.reply.fallback_rate'])} had nothing usable left and got the fixed fallback sentence, "
+            f"{rate(m.get('response.reply.items_appended_rate', 0))} named none of the recommended items and got it added"]

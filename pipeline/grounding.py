@@ -1,0 +1,244 @@
+"""What a person reads: the generated reply checked against the turn and cleaned (issue 11, item 5).
+
+A small model's greedy reply can name a film the ranker did not choose (or none of the catalogue at all),
+loop (``<item>The <item>The ...``, a line over and over), copy the seeker's own words, or go on writing the
+conversation's next turn. ``ground_reply`` makes the reply a person sees:
+
+1. it stops where the model starts another speaker's turn (``Seeker:``, ``<|user|>``, ...) and drops role
+   markers it opens with;
+2. loops are cut: a span of 3+ characters repeated 3+ times in a row is kept once, so is a word said twice in a
+   row; a line said before (or the start of one) is dropped, and the text ends before the second occurrence of a
+   repeated 5-word sequence;
+3. a span of ``COPY_WORDS``+ words that a seeker utterance of the context also has is removed;
+4. items: a title the reply names (``<item>...</item>``, or a catalogue title with its year written out) that is
+   not one of the turn's recommended items is replaced by a recommended one it does not name yet, else removed;
+   unmatched ``<item>`` tags are removed;
+5. what is left with no word of 2+ letters becomes a fixed, counted fallback: the recommended items in one
+   sentence, or (without items) a question about what the seeker likes; a reply that names none of the turn's
+   recommended items gets that sentence added (counted too): a turn that recommends says what.
+
+``check_reply`` measures the same faults (evaluation reports them for the raw generation and the cleaned reply).
+Catalogue titles are matched only where they carry a year, e.g. "Up (2009)": short bare titles ("It", "Up")
+would match ordinary words.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+
+ITEM_TAG = re.compile(r"<item>((?:(?!</?item>).)*?)</item>", re.DOTALL)  # a tag pair, nothing nested
+STRAY_TAG = re.compile(r"</?item>")
+YEAR_TITLE = re.compile(r"\(\d{4}\)\s*$")
+# another speaker's turn starting inside the reply: "Seeker:", "User:", chat-template and bracketed role markers
+NEXT_TURN = re.compile(r"(?im)(^|\s)(seeker|user|human)\s*:|<\|?(user|seeker|im_start|im_end|endoftext)\|?>")
+ROLE_MARKER = re.compile(r"(?i)^(\s*(<\|?\s*(recommender|assistant|system)\s*\|?>|\[(recommender|assistant)\]|(recommender|assistant)\s*:))+")
+REPEATED_SPAN = re.compile(r"(.{3,}?)\1{2,}", re.DOTALL)
+REPEATED_WORD = re.compile(r"(?i)\b(\w+)(?:\s+\1\b)+")
+LOOP_NGRAM = 5
+COPY_WORDS = 6
+WORD = re.compile(r"[A-Za-z]{2,}")
+FALLBACK_WITH_ITEMS = "You might like {items}."
+FALLBACK_WITHOUT_ITEMS = "Could you tell me a bit more about what you would like to watch?"
+
+
+def normalize(title: str) -> str:
+    return re.sub(r"[^0-9a-z]+", " ", title.lower()).strip()
+
+
+def without_year(title: str) -> str:
+    return normalize(YEAR_TITLE.sub("", title))
+
+
+@dataclass(frozen=True)
+class ReplyCheck:
+    """The faults of one reply."""
+
+    outside_items: tuple[str, ...]  # titles named that are not among the turn's recommended items
+    loop: bool  # a repeated span, line or 5-word sequence
+    copied: bool  # a span of COPY_WORDS+ words a seeker utterance also has
+
+
+CLEAN = ReplyCheck((), False, False)
+
+
+class Catalogue:
+    """Item titles for finding the ones a reply names: tagged ``<item>`` mentions, and catalogue titles with a year
+    written out without tags."""
+
+    def __init__(self, titles):
+        self.with_year = sorted({t for t in titles if YEAR_TITLE.search(t)}, key=len, reverse=True)
+        self.lower = [t.lower() for t in self.with_year]
+
+    def untagged(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, title) of catalogue titles written with their year outside ``<item>`` tags, longest first,
+        not overlapping."""
+        plain = ITEM_TAG.sub(lambda m: " " * len(m.group(0)), text).lower()
+        if "(" not in plain:
+            return []
+        found, taken = [], []
+        for title, low in zip(self.with_year, self.lower):
+            start = plain.find(low)
+            while start >= 0:
+                end = start + len(low)
+                boundary = start == 0 or not plain[start - 1].isalnum()
+                if boundary and not any(s < end and start < e for s, e in taken):
+                    found.append((start, end, title))
+                    taken.append((start, end))
+                start = plain.find(low, start + 1)
+        return sorted(found)
+
+
+def _is_allowed(title: str, allowed: list[str]) -> str | None:
+    """The allowed title ``title`` names (with or without its year), else None."""
+    key, bare = normalize(title), without_year(title)
+    for a in allowed:
+        if key == normalize(a) or (bare and bare == without_year(a)):
+            return a
+    return None
+
+
+def named_titles(text: str, catalogue: Catalogue) -> list[str]:
+    return [m.strip() for m in ITEM_TAG.findall(text)] + [t for _, _, t in catalogue.untagged(text)]
+
+
+def seeker_utterances(context: str) -> list[str]:
+    """The seeker's utterances of a rendered context (``templates.render_context``: 'Seeker: ...' lines)."""
+    return [line.split(":", 1)[1].strip() for line in context.split("\n") if line.startswith("Seeker:")]
+
+
+def _words(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group(0).lower(), m.start(), m.end()) for m in re.finditer(r"[\w']+", text)]
+
+
+def copied_span(reply: str, seeker: list[str]) -> tuple[int, int] | None:
+    """(start, end) in ``reply`` of the longest run of COPY_WORDS+ words that a seeker utterance also has."""
+    words = _words(reply)
+    tokens = [w for w, _, _ in words]
+    best = None
+    for utterance in seeker:
+        theirs = [w for w, _, _ in _words(utterance)]
+        match = SequenceMatcher(None, tokens, theirs, autojunk=False).find_longest_match(0, len(tokens), 0, len(theirs))
+        if match.size >= COPY_WORDS and (best is None or match.size > best.size):
+            best = match
+    if best is None:
+        return None
+    return words[best.a][1], words[best.a + best.size - 1][2]
+
+
+def _repeated_ngram_start(text: str) -> int | None:
+    """Character offset of the second occurrence of the first 5-word sequence that occurs twice."""
+    words = _words(text)
+    seen = {}
+    for i in range(len(words) - LOOP_NGRAM + 1):
+        gram = tuple(w for w, _, _ in words[i: i + LOOP_NGRAM])
+        if gram in seen and seen[gram] + LOOP_NGRAM <= i:
+            return words[i][1]
+        seen.setdefault(gram, i)
+    return None
+
+
+def has_loop(text: str) -> bool:
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    return bool(REPEATED_SPAN.search(text)) or len(lines) != len(set(lines)) or _repeated_ngram_start(text) is not None
+
+
+def cut_loops(text: str) -> str:
+    text = REPEATED_SPAN.sub(lambda m: m.group(1), text)
+    text = REPEATED_WORD.sub(lambda m: m.group(1), text)
+    kept, seen = [], set()
+    for line in text.split("\n"):  # a line said before, or the start of one (a repeat cut by the token limit)
+        key = line.strip()
+        if key and (key in seen or (len(key) >= 10 and any(earlier.startswith(key) for earlier in seen))):
+            continue
+        seen.add(key)
+        kept.append(line)
+    text = "\n".join(kept)
+    cut = _repeated_ngram_start(text)
+    return text[:cut] if cut is not None else text
+
+
+def check_reply(reply: str, allowed: list[str], context: str, catalogue: Catalogue) -> ReplyCheck:
+    outside = tuple(t for t in named_titles(reply, catalogue) if _is_allowed(t, allowed) is None)
+    return ReplyCheck(outside, has_loop(reply), copied_span(reply, seeker_utterances(context)) is not None)
+
+
+def _tidy(text: str) -> str:
+    text = REPEATED_WORD.sub(lambda m: m.group(1), re.sub(r"[ \t]+", " ", text))
+    text = re.sub(r" +([,.!?;:])", r"\1", text)
+    text = re.sub(r"^[\s,.;:!?-]+", "", text)
+    return "\n".join(line.strip() for line in text.split("\n") if line.strip()).strip()
+
+
+def strip_stray_tags(text: str) -> str:
+    """``text`` without the ``<item>`` / ``</item>`` tags that are not part of a pair."""
+    out, at = [], 0
+    for m in ITEM_TAG.finditer(text):
+        out += [STRAY_TAG.sub("", text[at: m.start()]), m.group(0)]
+        at = m.end()
+    return "".join(out + [STRAY_TAG.sub("", text[at:])])
+
+
+def _ground_items(text: str, allowed: list[str], catalogue: Catalogue) -> str:
+    # tags left open or closed alone (a reply cut mid-title, tags in a loop): the tag goes, the words stay
+    text = strip_stray_tags(text)
+    named = {a for t in named_titles(text, catalogue) if (a := _is_allowed(t, allowed))}
+    spare = [a for a in allowed if a not in named]
+
+    def replace(title: str) -> str:
+        if _is_allowed(title, allowed) is not None:
+            return f"<item>{title}</item>"
+        return f"<item>{spare.pop(0)}</item>" if spare else ""
+
+    text = ITEM_TAG.sub(lambda m: replace(m.group(1).strip()), text)
+    for start, end, title in reversed(catalogue.untagged(text)):
+        if _is_allowed(title, allowed) is None:
+            text = text[:start] + (f"<item>{spare.pop(0)}</item>" if spare else "") + text[end:]
+    return text
+
+
+def fallback(allowed: list[str]) -> str:
+    if not allowed:
+        return FALLBACK_WITHOUT_ITEMS
+    tagged = [f"<item>{a}</item>" for a in allowed]
+    items = tagged[0] if len(tagged) == 1 else ", ".join(tagged[:-1]) + " or " + tagged[-1]
+    return FALLBACK_WITH_ITEMS.format(items=items)
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str  # what a person reads
+    raw: str  # what the model generated
+    fallback: bool  # nothing usable was left of ``raw``: the fixed sentence instead
+    unclean: bool = False  # the fallback was taken because cleaning left a fault (a bug if it ever happens)
+    appended: bool = False  # the reply named none of the recommended items: the fallback sentence was added
+
+
+def _clean(text: str, allowed: list[str], seeker: list[str], catalogue: Catalogue) -> str:
+    text = cut_loops(strip_stray_tags(text))
+    span = copied_span(text, seeker)
+    while span is not None:  # the copied words go, with the punctuation that closed them
+        end = span[1] + len(re.match(r"[)\].,!?;:\s]*", text[span[1]:]).group(0))
+        text = text[: span[0]] + " " + text[end:]
+        span = copied_span(text, seeker)
+    return _tidy(_ground_items(text, allowed, catalogue))
+
+
+def ground_reply(raw: str, allowed: list[str], context: str, catalogue: Catalogue) -> Reply:
+    """The reply a person reads for ``raw`` (see the module docstring); ``allowed``: the turn's recommended titles."""
+    turn = NEXT_TURN.search(raw)
+    text = ROLE_MARKER.sub("", raw[: turn.start()] if turn else raw)
+    seeker = seeker_utterances(context)
+    for _ in range(5):  # each pass can only shorten the text or swap a title; a second pass is rarely needed
+        cleaned = _clean(text, allowed, seeker, catalogue)
+        if cleaned == text:
+            break
+        text = cleaned
+    if not WORD.search(text):
+        return Reply(fallback(allowed), raw, True)
+    if check_reply(text, allowed, context, catalogue) != CLEAN:  # not expected (tests/test_grounding.py); a safety net
+        return Reply(fallback(allowed), raw, True, unclean=True)
+    if allowed and not named_titles(text, catalogue):  # a turn that recommends names what it recommends
+        return Reply(f"{text} {fallback(allowed)}", raw, False, appended=True)
+    return Reply(text, raw, False)

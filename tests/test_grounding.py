@@ -1,0 +1,89 @@
+"""pipeline/grounding.py: the reply a person reads names only the turn's recommended items, has no loop, does not
+copy the seeker and does not write the seeker's next turn (examples worked out by hand, from the faults seen in
+the default run's generation sample, and a hypothesis property over arbitrary replies)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.grounding import (FALLBACK_WITHOUT_ITEMS, Catalogue, check_reply, cut_loops, ground_reply, has_loop,
+                                seeker_utterances)
+
+CATALOGUE = Catalogue(["The Hangover (2009)", "Superbad (2007)", "Step Brothers (2008)", "Godzilla (2014)",
+                       "Die Hard (1988)", "It (2017)", "Up (2009)"])
+ALLOWED = ["Superbad (2007)", "Step Brothers (2008)"]
+CONTEXT = ("Seeker: Hi! I'm looking for a funny movie to watch tonight. I loved The Hangover (2009).\n"
+           "Recommender: What else do you like?\nSeeker: Anything with Will Ferrell.")
+
+
+def ground(raw: str, allowed=ALLOWED) -> str:
+    return ground_reply(raw, allowed, CONTEXT, CATALOGUE).text
+
+
+def test_seeker_utterances_are_read_from_the_rendered_context():
+    assert seeker_utterances(CONTEXT) == ["Hi! I'm looking for a funny movie to watch tonight. I loved The Hangover (2009).",
+                                          "Anything with Will Ferrell."]
+
+
+def test_a_copy_of_the_seeker_is_removed_and_an_item_outside_the_list_replaced():
+    raw = "Hi! I'm looking for a funny movie to watch tonight. I loved The Hangover (2009). You should watch <item>Superbad (2007)</item>"
+    check = check_reply(raw, ALLOWED, CONTEXT, CATALOGUE)
+    assert check.copied and check.outside_items == ("The Hangover (2009)",) and not check.loop
+    assert ground(raw) == "You should watch <item>Superbad (2007)</item>"
+
+
+def test_tagged_items_outside_the_list_become_unnamed_recommended_items_or_go():
+    raw = "Try <item>The Hangover (2009)</item> and <item>Superbad</item>!"  # Superbad without its year is allowed
+    assert ground(raw) == "Try <item>Step Brothers (2008)</item> and <item>Superbad</item>!"
+    assert ground("Watch <item>Godzilla (2014)</item> or <item>Die Hard (1988)</item>.", ["Superbad (2007)"]) == \
+        "Watch <item>Superbad (2007)</item> or."
+    # a reply that names none of the recommended items gets them added
+    reply = ground_reply("What a great choice!", ["Superbad (2007)"], CONTEXT, CATALOGUE)
+    assert reply.appended and reply.text == "What a great choice! You might like <item>Superbad (2007)</item>."
+    assert not ground_reply("What a great choice!", [], CONTEXT, CATALOGUE).appended
+    # untagged catalogue titles with their year count too; bare short titles ("It", "Up") are ordinary words
+    assert check_reply("Die Hard (1988) is fun. It is up to you.", ALLOWED, CONTEXT, CATALOGUE).outside_items == ("Die Hard (1988)",)
+    assert ground("Die Hard (1988) is fun. It is up to you.") == "<item>Superbad (2007)</item> is fun. It is up to you."
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("<item>The <item>The <item>The <item>The <item>The", "The"),
+    ("ChatChatChatChatChatChatChat", "Chat"),
+    ("I think you would like it. I think you would like it a lot.", "I think you would like it."),
+    ("What a great pick\nWhat a great pick\nWhat a great pi", "What a great pick"),
+])
+def test_loops_are_cut(raw, expected):
+    assert has_loop(raw)
+    assert ground(raw, []) == expected and not has_loop(ground(raw, [])) and not has_loop(cut_loops(raw))
+
+
+def test_the_next_turn_and_role_markers_go_and_an_empty_reply_falls_back():
+    assert ground("[recommender] Sure, <item>Superbad (2007)</item> is a classic. Seeker: thanks! Recommender: bye") == \
+        "Sure, <item>Superbad (2007)</item> is a classic."
+    reply = ground_reply("<|recommender>\n[recommender]\n[recommender]", ALLOWED, CONTEXT, CATALOGUE)
+    assert reply.fallback and reply.text == "You might like <item>Superbad (2007)</item> or <item>Step Brothers (2008)</item>."
+    assert ground("<|user|>", []) == FALLBACK_WITHOUT_ITEMS
+
+
+def test_a_clean_reply_is_left_as_it_is():
+    raw = "Since you like Will Ferrell, <item>Step Brothers (2008)</item> is a must. Have you seen it?"
+    assert check_reply(raw, ALLOWED, CONTEXT, CATALOGUE) == check_reply("", ALLOWED, CONTEXT, CATALOGUE)
+    reply = ground_reply(raw, ALLOWED, CONTEXT, CATALOGUE)
+    assert reply.text == raw and not reply.fallback and not reply.appended
+
+
+pieces = st.sampled_from(["<item>", "</item>", "The Hangover (2009)", "Superbad (2007)", "Die Hard (1988)", "Seeker:",
+                          "I loved The Hangover (2009).", "Anything with Will Ferrell.", "\n", " ", "the", "Chat", "!"])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.one_of(pieces, st.text(max_size=12)), max_size=30), st.lists(st.sampled_from(ALLOWED), max_size=2, unique=True))
+def test_any_reply_comes_out_grounded(parts, allowed):
+    """Whatever the model writes, the reply names only recommended items, has no loop and copies no seeker words."""
+    reply = ground_reply("".join(parts), allowed, CONTEXT, CATALOGUE)
+    check = check_reply(reply.text, allowed, CONTEXT, CATALOGUE)
+    assert not check.outside_items and not check.loop and not check.copied, (reply, check)
+    assert not reply.unclean, reply  # cleaning itself got there, not the safety net's fallback
+    assert reply.text.strip()
