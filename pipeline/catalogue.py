@@ -28,6 +28,7 @@ import torch
 from safetensors.numpy import load_file
 
 from pipeline import templates
+from pipeline.errors import DataError
 from pipeline.model import ADAPTER_MANIFEST, RetrievableLM
 
 BIAS_FILE = "item_bias.safetensors"  # in the fine-tuned model folder: one tensor per dataset
@@ -73,7 +74,7 @@ def catalogue_tasks(conv2item: pd.DataFrame, items: dict[str, pd.DataFrame], tab
         pairs = conv2item[conv2item["dataset"] == dataset]
         row = {item: r for r, item in enumerate(items[dataset]["item_id"])}
         if len(table) != len(row):
-            raise ValueError(f"{dataset}: item table has {len(table)} rows for {len(row)} items; re-run embed_base_items")
+            raise DataError(f"{dataset}: item table has {len(table)} rows for {len(row)} items; re-run embed_base_items")
         bias = torch.nn.Parameter(torch.zeros(len(row), device=device)) if item_bias else None
         tasks.append(CatalogueTask(dataset, pairs["query"].tolist(), [row[i] for i in pairs["item_id"]],
                                    [[row[g] for g in gold if g in row] for gold in pairs["gold_item_ids"]],
@@ -102,7 +103,7 @@ def trained_item_side(model_dir: str | Path, dataset: str, base_items: np.ndarra
         return base_items, None
     biases = load_file(str(bias_file))
     if dataset not in biases or len(biases[dataset]) != len(base_items):
-        raise ValueError(f"{bias_file}: expected a bias of {len(base_items)} items for {dataset!r}, "
+        raise DataError(f"{bias_file}: expected a bias of {len(base_items)} items for {dataset!r}, "
                          f"found {({k: len(v) for k, v in biases.items()})}")
     return base_items, (biases[dataset] * manifest["temperature"]).astype(np.float32)
 

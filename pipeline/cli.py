@@ -16,7 +16,19 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="reficr: one retrievable LLM for conversational recommendation (ReFICR, RecSys 2024).",
+from pipeline.errors import InputError, user_errors
+
+
+class _App(typer.Typer):
+    """The command line: a known failure (``pipeline.errors.ReficrError``: bad data, bad input, a missing
+    artifact) prints ``error: <what>`` and exits 2 without a traceback (``REFICR_DEBUG=1`` shows it)."""
+
+    def __call__(self, *args, **kwargs):
+        with user_errors():
+            return super().__call__(*args, **kwargs)
+
+
+app = _App(help="reficr: one retrievable LLM for conversational recommendation (ReFICR, RecSys 2024).",
                   no_args_is_help=True)
 data_app = typer.Typer(help="Raw data: download and ingest.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -82,10 +94,7 @@ def _load_recommender(dataset: str, root: Path):
     from pipeline.recommender import ReFICR
 
     _quiet_libraries()
-    try:
-        return ReFICR.from_run(root, dataset)
-    except FileNotFoundError as err:
-        raise typer.BadParameter(str(err)) from err
+    return ReFICR.from_run(root, dataset)  # MissingArtifactError names the `dvc repro` target
 
 
 def _read_requests(path: Path, max_top_k: int) -> list:
@@ -101,7 +110,8 @@ def _read_requests(path: Path, max_top_k: int) -> list:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise typer.BadParameter(f"{path}: cannot read it as UTF-8 text ({err})") from err
+        reason = err.strerror if isinstance(err, OSError) else f"byte {err.start} is not UTF-8"
+        raise InputError(f"{path}: cannot be read ({reason}); expected a UTF-8 file of JSON lines") from err
     requests, problems = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -113,7 +123,7 @@ def _read_requests(path: Path, max_top_k: int) -> list:
     if not requests and not problems:
         problems.append("  no conversations in it")
     if problems:
-        typer.echo(f"{path}: {len(problems)} problem(s), nothing was run; {expected}", err=True)
+        typer.echo(f"error: {path}: {len(problems)} problem(s), nothing was run; {expected}", err=True)
         typer.echo("\n".join(problems), err=True)
         raise typer.Exit(2)
     return requests
@@ -182,10 +192,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
-    try:
-        run_server(root, dataset, host, port, max_body_bytes=max_body_kib * 1024, queue_timeout_s=queue_timeout)
-    except FileNotFoundError as err:
-        raise typer.BadParameter(str(err)) from err
+    run_server(root, dataset, host, port, max_body_bytes=max_body_kib * 1024, queue_timeout_s=queue_timeout)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pipeline import templates
 from pipeline.catalogue import rank_scores
 from pipeline.data.items import item_titles
 from pipeline.encoder import Encoder
+from pipeline.errors import MissingArtifactError
 from pipeline.grounding import Catalogue, Reply, ground_reply
 from pipeline.index import build_index, search
 from pipeline.instructions import ACTIONS
@@ -140,7 +141,7 @@ class ReFICR:
                   root / f"data/interim/{dataset}/items.parquet", root / "data/instructions/turns_train.parquet"]
         missing = [str(p) for p in needed if not p.exists()]
         if missing:
-            raise FileNotFoundError(f"no trained run for {dataset} under {root}: missing {', '.join(missing)}; "
+            raise MissingArtifactError(f"no trained run for {dataset} under {root}: missing {', '.join(missing)}; "
                                     f"`dvc repro evaluate@{dataset}` makes it")
         manifest = json.loads((run / RUN_MANIFEST).read_text())
         lm = ModelSettings(**manifest["model"]).load(root / "models/base", adapter=root / "models/reficr", merge=True)

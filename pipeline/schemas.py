@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import DataError, MissingArtifactError
+
 SPEAKERS = ("seeker", "recommender")
 SPLITS = ("train", "valid", "test")
 
@@ -26,7 +28,7 @@ def instance_start(instance: str) -> tuple[str, int]:
     return dialogue, int(start)
 
 
-class SchemaError(ValueError):
+class SchemaError(DataError):
     """A table does not match its contract."""
 
 
@@ -196,5 +198,5 @@ def read_table(path: str | Path, table: Table) -> pd.DataFrame:
     """Read a parquet table and validate it against its contract."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such {table.name} table (run the stage that writes it)")
+        raise MissingArtifactError(f"{path}: no such {table.name} table (run the stage that writes it)")
     return validate(pd.read_parquet(path), table, source=str(path))

@@ -22,8 +22,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +36,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from pipeline.io import atomic_dir, atomic_path
+from pipeline.io import atomic_dir, atomic_path, fsync_tree, recover, swap_in
 from pipeline.losses import JointLossOutput
 from pipeline.model import RetrievableLM
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
+CHECKPOINT_FILES = ("state.json", "state.safetensors", "adapter/adapter_model.safetensors")
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,9 +65,24 @@ class TrainConfig:
     gradient_checkpointing: bool = False
 
 
+def code_version() -> str:
+    """Hash of the training code's source (this package's modules that shape a training step): a checkpoint
+    written by other code is not resumed."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        digest.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return digest.hexdigest()
+
+
+TRAINING_CODE = ("training.py", "objectives.py", "losses.py", "model.py", "catalogue.py", "templates.py")
+
+
 def run_fingerprint(settings: dict, *files: str | Path) -> str:
-    """Hash of the settings and input files a training run depends on (a checkpoint is resumed only if equal)."""
+    """Hash of the settings, the input files (the base model's weights among them, as their manifest) and the
+    training code's version that a training run depends on (a checkpoint is resumed only if equal)."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(code_version().encode())
     for path in files:
         with open(path, "rb") as fh:
             digest.update(hashlib.sha256(fh.read()).digest())
@@ -117,11 +135,11 @@ class TrainLoop:
 
     # --------------------------------------------------------------- checkpoints (no pickle)
     def save_checkpoint(self) -> None:
+        """The adapter, optimizer, extra parameters and RNG states, written beside the checkpoint, fsynced and
+        swapped in (``pipeline.io``): a kill at any instant leaves the previous checkpoint or this one, complete."""
         final = self.out_dir / CHECKPOINT
-        tmp = self.out_dir / f".{CHECKPOINT}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        recover(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}.{os.getpid()}.", suffix=".tmp", dir=self.out_dir))
         self.accelerator.unwrap_model(self.lm.model).save_pretrained(tmp / "adapter", safe_serialization=True)
         tensors, meta = {}, {"step": self.step, "config": asdict(self.config), "fingerprint": self.fingerprint,
                              "param_groups": [], "state": {}}
@@ -147,13 +165,17 @@ class TrainLoop:
         meta["rng_numpy_pos"] = [int(np_state[2]), int(np_state[3]), float(np_state[4])]
         save_file(tensors, tmp / "state.safetensors")
         (tmp / "state.json").write_text(json.dumps(meta))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        fsync_tree(tmp)
+        swap_in(tmp, final)
 
     def load_checkpoint(self) -> bool:
         folder = self.out_dir / CHECKPOINT
+        recover(folder)
         if not (folder / "state.json").exists():
+            return False
+        missing = [name for name in CHECKPOINT_FILES if not (folder / name).exists()]
+        if missing:  # not written by this code's crash-safe save: never resumed half
+            log.warning("%s is incomplete (no %s): starting afresh", folder, ", ".join(missing))
             return False
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file as load_adapter_file

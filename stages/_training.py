@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schemas
+from pipeline.base_model import MANIFEST
 from pipeline.catalogue import CatalogueTask, catalogue_tasks
+from pipeline.errors import ParamError
 from pipeline.training import LossFn, TrainConfig, TrainLoop, Validator, run_fingerprint
 from stages._common import ROOT
 from stages._params import lora, model_settings
@@ -28,7 +30,7 @@ def catalogue_objective(params: dict, section: str, conv2item: pd.DataFrame, ite
     or none when the section trains the paper's Conv2Item objective."""
     s = params[section]
     if s["retrieval_objective"] not in OBJECTIVES[section]:
-        raise ValueError(f"params.yaml: {section}.retrieval_objective {s['retrieval_objective']!r}; "
+        raise ParamError(f"params.yaml: {section}.retrieval_objective {s['retrieval_objective']!r}; "
                          f"expected one of {', '.join(OBJECTIVES[section])}")
     if s["retrieval_objective"] != "catalogue":
         return []
@@ -50,7 +52,8 @@ def train_adapter(params: dict, section: str, used: tuple[str, ...], inputs: tup
     curve goes to plots/<section>_loss.csv, the validation curve (with ``validate``) to plots/<section>_validation.csv."""
     lm = model_settings(params).load(BASE, trainable=True)
     lm.attach_lora(lora(params), seed=params["seed"])  # a fresh process's torch RNG is seeded at random
-    fingerprint = run_fingerprint({k: params[k] for k in used}, *(ROOT / i for i in inputs))
+    # the base model's manifest carries its weights' sha256: other base weights are never resumed on
+    fingerprint = run_fingerprint({k: params[k] for k in used}, *(ROOT / i for i in inputs), BASE / MANIFEST)
     s = params[section]
     extra_params = objective.extra_parameters() if hasattr(objective, "extra_parameters") else {}
     loop = TrainLoop(lm, train_config(params, section), objective, ROOT / "checkpoints" / section, fingerprint=fingerprint,

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pipeline.base_model import convert_base_model
-from stages._common import ROOT, load_params, setup_logging
+from stages._common import ROOT, load_params, setup_logging, user_errors
 
 
 def main() -> None:
@@ -16,4 +16,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

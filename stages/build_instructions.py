@@ -10,7 +10,7 @@ import logging
 from pipeline import schemas
 from pipeline.instructions import ContextLimits, InstructionCaps, build_instruction_tables
 from pipeline.io import atomic_dir, write_json
-from stages._common import ROOT, load_params, setup_logging
+from stages._common import ROOT, load_params, setup_logging, user_errors
 
 log = logging.getLogger("stages.build_instructions")
 REC_DATASETS = ("redial", "inspired")
@@ -38,4 +38,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

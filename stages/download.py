@@ -12,7 +12,7 @@ import logging
 import os
 
 from pipeline.data.download import fetch_raw
-from stages._common import ROOT, load_params, setup_logging
+from stages._common import ROOT, load_params, setup_logging, user_errors
 
 log = logging.getLogger("stages.download")
 
@@ -27,4 +27,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

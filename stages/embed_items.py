@@ -14,7 +14,7 @@ import numpy as np
 from pipeline import schemas
 from pipeline.io import atomic_path
 from pipeline.encoder import Encoder
-from stages._common import ROOT, load_params, setup_logging
+from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import lengths, model_settings
 
 log = logging.getLogger("stages.embed_items")
@@ -33,4 +33,5 @@ def main(dataset: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    with user_errors():
+        main(sys.argv[1] if len(sys.argv) > 1 else "")

@@ -19,7 +19,7 @@ from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, Tim
 from pipeline.io import atomic_dir, atomic_path, write_json
 from pipeline.catalogue import trained_item_side
 from pipeline.settings import ModelSettings, RecommenderSettings
-from stages._common import ROOT, load_params, setup_logging
+from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import model_settings
 
 log = logging.getLogger("stages.evaluate")
@@ -73,4 +73,5 @@ def main(dataset: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    with user_errors():
+        main(sys.argv[1] if len(sys.argv) > 1 else "")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline.catalogue import BIAS_FILE, CatalogueValidation
 from pipeline.objectives import FinetuneObjective, finetune_tasks
-from stages._common import ROOT, load_params, setup_logging
+from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import lengths
 from stages._training import CATALOGUE_INPUTS, catalogue_objective, read_items, train_adapter
 
@@ -66,4 +66,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

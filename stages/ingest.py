@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from pipeline.data.ingest import DATASETS, ingest, write_ingest
-from stages._common import ROOT, load_params, setup_logging
+from pipeline.errors import ParamError
+from stages._common import ROOT, load_params, setup_logging, user_errors
 
 log = logging.getLogger("stages.ingest")
 
@@ -19,7 +20,7 @@ log = logging.getLogger("stages.ingest")
 def main(dataset: str) -> None:
     setup_logging()
     if dataset not in DATASETS:
-        raise SystemExit(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        raise ParamError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     params = load_params()
     os.chdir(ROOT)  # paths in the report are relative to the project: the same on every machine
     result = ingest(
@@ -28,10 +29,13 @@ def main(dataset: str) -> None:
         seed=params["seed"],
         redial_valid_fraction=params["data"]["redial"]["valid_fraction"],
         iard_heldout_fraction=params["data"]["iard"]["heldout_fraction"],
+        max_utterance_chars=params["data"]["max_utterance_chars"],
+        max_record_chars=params["data"]["max_record_chars"],
     )
     write_ingest(result, Path("data/interim") / dataset)
     log.info("%s: %s", dataset, {k: v for k, v in result.report.items() if k in ("items", "splits")})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    with user_errors():
+        main(sys.argv[1] if len(sys.argv) > 1 else "")

@@ -21,7 +21,7 @@ from pipeline.index import write_index
 from pipeline.io import atomic_dir, write_json
 from pipeline.mining import MiningSettings, mine_dataset
 from pipeline.encoder import Encoder
-from stages._common import ROOT, load_params, setup_logging
+from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import lengths, model_settings
 
 log = logging.getLogger("stages.mine_negatives")
@@ -65,4 +65,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -9,7 +9,7 @@ import json
 
 from pipeline.io import atomic_path
 from pipeline.summary import DATASETS, summary_markdown
-from stages._common import ROOT
+from stages._common import ROOT, user_errors
 
 
 def main() -> None:
@@ -19,4 +19,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

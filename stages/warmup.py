@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.catalogue import BIAS_FILE
 from pipeline.objectives import WarmupObjective, warmup_tasks
-from stages._common import ROOT, load_params, setup_logging
+from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import lengths
 from stages._training import CATALOGUE_INPUTS, catalogue_objective, read_items, train_adapter
 
@@ -38,4 +38,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -14,13 +14,54 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import schemas
+from pipeline.errors import DataError
 
 _WS = re.compile(r"\s+")
 _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?: film)?\)\s*$")
 
 
-class IngestError(ValueError):
+class IngestError(DataError):
     """Raw input that cannot be read: the message names the file, the line or record, and what was expected."""
+
+
+def check_text(value, file: str | Path, where: str, what: str, max_chars: int) -> str:
+    """``value`` as an utterance text: a string of at most ``max_chars`` characters, else an error naming where."""
+    if not isinstance(value, str):
+        shown = "null" if value is None else f"a JSON {type(value).__name__}"
+        raise IngestError(f"{file}: {where}: {what} is {shown}; expected a string")
+    if len(value) > max_chars:
+        raise IngestError(f"{file}: {where}: {what} has {len(value):,} characters; expected at most {max_chars:,} "
+                          "(data.max_utterance_chars)")
+    return value
+
+
+def check_record_size(line: str, file: str | Path, number: int, max_chars: int) -> None:
+    if len(line) > max_chars:
+        raise IngestError(f"{file}: line {number}: {len(line):,} characters; expected a record of at most {max_chars:,} "
+                          "(data.max_record_chars)")
+
+
+def check_object(value, file: str | Path, where: str, what: str) -> dict:
+    if not isinstance(value, dict):
+        shown = "null" if value is None else f"a JSON {type(value).__name__}"
+        raise IngestError(f"{file}: {where}: {what} is {shown}; expected a JSON object")
+    return value
+
+
+def check_list_of(value, kind: type, file: str | Path, where: str, what: str) -> list:
+    """``value`` as a list whose every element is a ``kind`` (bool is not an int here)."""
+    for element in check_list(value, file, where, what):
+        if not isinstance(element, kind) or isinstance(element, bool):
+            shown = "null" if element is None else f"a JSON {type(element).__name__}"
+            raise IngestError(f"{file}: {where}: {what} holds {shown}; expected a list of {kind.__name__}")
+    return value
+
+
+def check_list(value, file: str | Path, where: str, what: str) -> list:
+    if not isinstance(value, list):
+        shown = "null" if value is None else f"a JSON {type(value).__name__}"
+        raise IngestError(f"{file}: {where}: {what} is {shown}; expected a list")
+    return value
 
 
 def normalize_space(text: str) -> str:
@@ -67,6 +108,8 @@ class IngestLog:
 
     issues: list[dict] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    max_utterance_chars: int = 10_000  # data.max_utterance_chars: a longer utterance is an error naming its line
+    max_record_chars: int = 1_000_000  # data.max_record_chars: a longer JSON line is an error (before parsing it)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -91,7 +134,12 @@ def read_text(path: str | Path, what: str) -> str:
     path = Path(path)
     if not path.exists():
         raise IngestError(f"{path}: file not found; expected {what}")
-    data = path.read_bytes()
+    if path.is_dir():
+        raise IngestError(f"{path}: is a directory; expected a file: {what}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise IngestError(f"{path}: cannot be read ({err.strerror}); expected a readable file: {what}") from err
     if not data.strip():
         raise IngestError(f"{path}: file is empty; expected {what}")
     try:

@@ -26,13 +26,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.data.sources import RawFile, load_manifest, sources_for
+from pipeline.errors import DataError
 from pipeline.io import write_json
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DataError, RuntimeError):
     """A raw file could not be obtained or failed its checksum."""
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import schemas
-from pipeline.data.common import Dialogue, IngestError, IngestLog, Utterance, display_title, hash_fraction, normalize_space, read_text, split_title_year
+from pipeline.data.common import (Dialogue, IngestError, IngestLog, Utterance, check_list_of, check_object, check_text, display_title,
+                                  hash_fraction, normalize_space, read_text, split_title_year)
 from pipeline.data.items import Movie
 
 MENTION = re.compile(r"@(\d+)\s*(?:<([^<>]*)>)?")
@@ -113,15 +114,24 @@ def read_iard(path: Path, movies: dict[str, Movie], log: IngestLog, heldout_frac
         raise IngestError(f"{path}: top level is a JSON {type(data).__name__}; expected an object keyed by conversationId")
     dialogues, turns = [], []
     for conv, record in data.items():
+        check_object(record, path, f"conversationId {conv}", "the conversation")
         if "dialogue_info" not in record:
             raise IngestError(f"{path}: conversationId {conv}: key 'dialogue_info' missing; expected dialogue_info, accepted_recommendation")
         split = "test" if hash_fraction(conv, seed) < heldout_fraction else "train"
-        accepted = set(record.get("accepted_recommendation") or [])
+        accepted_list = record.get("accepted_recommendation") or []
+        accepted = set(check_list_of(accepted_list, int, path, f"conversationId {conv}", "'accepted_recommendation'"))
         infos = []
-        for key, info in record["dialogue_info"].items():
+        for key, info in check_object(record["dialogue_info"], path, f"conversationId {conv}", "'dialogue_info'").items():
+            where = f"conversationId {conv}, utterance {key}"
+            check_object(info, path, where, "the utterance")
             for field in UTTERANCE_KEYS:
                 if field not in info:
-                    raise IngestError(f"{path}: conversationId {conv}, utterance {key}: key {field!r} missing; expected {list(UTTERANCE_KEYS)}")
+                    raise IngestError(f"{path}: {where}: key {field!r} missing; expected {list(UTTERANCE_KEYS)}")
+            check_text(info["utterance_text"], path, where, "'utterance_text'", log.max_utterance_chars)
+            for field in ("sub-intent/action", "top-level intent/action"):
+                check_list_of(info[field], str, path, where, repr(field))
+            if not isinstance(info["utterance_pos"], int) or isinstance(info["utterance_pos"], bool):
+                raise IngestError(f"{path}: {where}: 'utterance_pos' is {info['utterance_pos']!r}; expected an integer")
             infos.append(info)
         infos.sort(key=lambda info: info["utterance_pos"])
         accepted_after = _accepted_after(infos, accepted)

@@ -18,6 +18,7 @@ from pipeline.data import inspired as inspired_reader
 from pipeline.data import redial as redial_reader
 from pipeline.data.common import IngestError, IngestLog, build_rec_turns, dialogues_frame, split_counts
 from pipeline.data.items import metadata_by_title_year, read_id2info, read_redial_movies, redial_items
+from pipeline.errors import ParamError
 from pipeline.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class IngestResult:
 
 def _redial_catalogue(raw: Path, ilog: IngestLog):
     movies = read_redial_movies(raw / "redial/movies_with_mentions.csv", ilog)
-    id2info = read_id2info(raw / "ievalm_crs/redial/id2info.json")
+    id2info = read_id2info(raw / "ievalm_crs/redial/id2info.json", ilog)
     return movies, id2info
 
 
@@ -47,8 +48,8 @@ def redial_train_files(raw: Path) -> list[Path]:
     return files
 
 
-def ingest_redial(raw: Path, valid_fraction: float, seed: int) -> IngestResult:
-    ilog = IngestLog()
+def ingest_redial(raw: Path, valid_fraction: float, seed: int, ilog: IngestLog | None = None) -> IngestResult:
+    ilog = ilog if ilog is not None else IngestLog()
     movies, id2info = _redial_catalogue(raw, ilog)
     items = redial_items(movies, id2info, ilog)
     dialogues, provenance = redial_reader.read_redial(
@@ -66,8 +67,8 @@ def ingest_redial(raw: Path, valid_fraction: float, seed: int) -> IngestResult:
     return IngestResult({"items": items, "dialogues": dialogues_frame(dialogues), "rec_turns": rec_turns}, _finish(report, ilog))
 
 
-def ingest_inspired(raw: Path, seed: int) -> IngestResult:
-    ilog = IngestLog()
+def ingest_inspired(raw: Path, seed: int, ilog: IngestLog | None = None) -> IngestResult:
+    ilog = ilog if ilog is not None else IngestLog()
     catalogue: dict = {}
     dialogues = []
     sources = {}
@@ -98,8 +99,8 @@ def ingest_inspired(raw: Path, seed: int) -> IngestResult:
     return IngestResult({"items": items, "dialogues": dialogues_frame(dialogues), "rec_turns": rec_turns}, _finish(report, ilog))
 
 
-def ingest_iard(raw: Path, heldout_fraction: float, seed: int) -> IngestResult:
-    ilog = IngestLog()
+def ingest_iard(raw: Path, heldout_fraction: float, seed: int, ilog: IngestLog | None = None) -> IngestResult:
+    ilog = ilog if ilog is not None else IngestLog()
     movies = read_redial_movies(raw / "redial/movies_with_mentions.csv", IngestLog())
     dialogues, turns = iard_reader.read_iard(raw / "iard/umap2020_IARD_Cai.json", movies, ilog, heldout_fraction, seed)
     codes = iard_reader.read_codes(raw / "iard/README.md")
@@ -125,17 +126,19 @@ def _finish(report: dict, ilog: IngestLog) -> dict:
 
 
 def ingest(dataset: str, raw_dir: str | Path, *, seed: int = 0, redial_valid_fraction: float = 0.1,
-           iard_heldout_fraction: float = 0.15) -> IngestResult:
+           iard_heldout_fraction: float = 0.15, max_utterance_chars: int = IngestLog.max_utterance_chars,
+           max_record_chars: int = IngestLog.max_record_chars) -> IngestResult:
     raw = Path(raw_dir)
     start = time.perf_counter()
+    ilog = IngestLog(max_utterance_chars=max_utterance_chars, max_record_chars=max_record_chars)
     if dataset == "redial":
-        result = ingest_redial(raw, redial_valid_fraction, seed)
+        result = ingest_redial(raw, redial_valid_fraction, seed, ilog)
     elif dataset == "inspired":
-        result = ingest_inspired(raw, seed)
+        result = ingest_inspired(raw, seed, ilog)
     elif dataset == "iard":
-        result = ingest_iard(raw, iard_heldout_fraction, seed)
+        result = ingest_iard(raw, iard_heldout_fraction, seed, ilog)
     else:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        raise ParamError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     log.info("ingested %s in %.1f s", dataset, time.perf_counter() - start)
     return result
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import schemas
-from pipeline.data.common import Dialogue, IngestError, IngestLog, Utterance, display_title, normalize_space, read_text, split_title_year
+from pipeline.data.common import (Dialogue, IngestError, IngestLog, Utterance, check_list, check_object, check_record_size, check_text,
+                                  display_title, normalize_space, read_text, split_title_year)
 from pipeline.data.items import describe
 
 TSV_COLUMNS = ("dialog_id", "utt_id", "speaker", "text", "movies")
@@ -69,7 +70,8 @@ def read_tsv(path: Path, split: str, log: IngestLog, catalogue: dict) -> list[Di
             log.record("dropped", "unknown_speaker", path, where, repr(row[col["speaker"]]))
             continue
         dialog_id = row[col["dialog_id"]]
-        utterance_text = normalize_space(row[col["text"]].replace("QUOTATION_MARK", '"'))
+        raw_text = check_text(row[col["text"]], path, where, "the text field", log.max_utterance_chars)
+        utterance_text = normalize_space(raw_text.replace("QUOTATION_MARK", '"'))
         items = parse_mentions(row[col["movies"]].split(";"), log, str(path), where, catalogue)
         dialogue = dialogues.setdefault(dialog_id, Dialogue(f"inspired:{dialog_id}", split, [], path.name))
         dialogue.utterances.append(Utterance(speaker, utterance_text, items))
@@ -82,6 +84,7 @@ def read_unicrs(path: Path, split: str, log: IngestLog, catalogue: dict) -> list
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        check_record_size(line, path, number, log.max_record_chars)
         try:
             turns = json.loads(line)
         except json.JSONDecodeError as err:
@@ -91,6 +94,7 @@ def read_unicrs(path: Path, split: str, log: IngestLog, catalogue: dict) -> list
         utterances = []
         for index, turn in enumerate(turns):
             where = f"line {number}, turn {index}"
+            check_object(turn, path, where, "the turn")
             for key in ("text", "role", "movie"):
                 if key not in turn:
                     raise IngestError(f"{path}: {where}: key {key!r} missing; expected keys text, role, movie")
@@ -98,8 +102,10 @@ def read_unicrs(path: Path, split: str, log: IngestLog, catalogue: dict) -> list
             if speaker is None:
                 log.record("dropped", "unknown_speaker", path, where, repr(turn["role"]))
                 continue
-            items = parse_mentions(list(turn["movie"]), log, str(path), where, catalogue)
-            utterances.append(Utterance(speaker, normalize_space(turn["text"]), items))
+            movies = [] if turn["movie"] is None else check_list(turn["movie"], path, where, "'movie'")
+            items = parse_mentions([str(m) for m in movies], log, str(path), where, catalogue)
+            text = check_text(turn["text"], path, where, "'text'", log.max_utterance_chars)
+            utterances.append(Utterance(speaker, normalize_space(text), items))
         # UniCRS drops the dialogue ids: the line number (stable for a pinned file) stands in.
         dialogues.append(Dialogue(f"inspired:{split}-{number:04d}", split, utterances, path.name))
     return dialogues

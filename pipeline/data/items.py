@@ -52,7 +52,15 @@ def read_redial_movies(path: str | Path, log: IngestLog) -> dict[str, Movie]:
     return movies
 
 
-def read_id2info(path: str | Path) -> dict[str, dict]:
+LIST_FIELDS = ("genre", "director", "star")
+
+
+def read_id2info(path: str | Path, log: IngestLog | None = None) -> dict[str, dict]:
+    """ReDial movie id -> its metadata fields (``genre``/``director``/``star``: lists of strings, ``plot``: a
+    string), checked per record. Policy: an entry that is not an object is an error naming it; a list field given
+    as one string becomes a one-element list, a field of another type is left out (both counted and reported); an
+    entry left with no field is left out (counted), so its item is described by its title and says so."""
+    log = log if log is not None else IngestLog()
     text = read_text(path, "a JSON object mapping ReDial movie ids to metadata")
     try:
         data = json.loads(text)
@@ -60,7 +68,34 @@ def read_id2info(path: str | Path) -> dict[str, dict]:
         raise IngestError(f"{path}: line {err.lineno}: invalid JSON ({err.msg}); expected one JSON object") from err
     if not isinstance(data, dict):
         raise IngestError(f"{path}: top level is {type(data).__name__}; expected a JSON object")
-    return data
+    out = {}
+    for key, info in data.items():
+        where = f"record {key!r}"
+        if not isinstance(info, dict):
+            shown = "null" if info is None else f"a JSON {type(info).__name__}"
+            raise IngestError(f"{path}: {where}: {shown}; expected an object with genre, director, star, plot")
+        fields: dict = {}
+        for name in LIST_FIELDS:
+            value = info.get(name)
+            if value in (None, "", []):
+                continue
+            if isinstance(value, str):
+                log.record("repaired", "metadata_field_not_a_list", path, where, f"{name}: one string read as a one-element list")
+                value = [value]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                fields[name] = value
+            else:
+                log.record("repaired", "metadata_field_wrong_type", path, where, f"{name}: {type(value).__name__} left out")
+        plot = info.get("plot")
+        if isinstance(plot, str) and plot:
+            fields["plot"] = plot
+        elif plot not in (None, ""):
+            log.record("repaired", "metadata_field_wrong_type", path, where, f"plot: {type(plot).__name__} left out")
+        if any(fields.values()):
+            out[key] = fields
+        else:
+            log.count("id2info_entries_without_fields")
+    return out
 
 
 def describe(title: str, year: int | None, info: dict | None) -> str:

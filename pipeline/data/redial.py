@@ -8,8 +8,10 @@
 - ``@movieId`` mentions are rendered "Title (Year)" and kept as item ids ``redial:<movieId>``.
 
 Bad-input policy (each case is tested):
-- not UTF-8, empty file, a line that is not a JSON object, a record without a required key: error
-  naming the file and line;
+- not UTF-8, empty file, a line that is not a JSON object, a record without a required key, ``messages``
+  that is not a list, a message that is not an object, a ``text`` that is not a string or longer than
+  ``data.max_utterance_chars``, a line longer than ``data.max_record_chars``: error naming the file and line;
+- ``movieMentions`` that is not an object: ignored, counted and reported;
 - a message whose sender is neither worker: dropped, counted and reported;
 - a mention of a movie id outside the catalogue: rendered from the dialogue's ``movieMentions`` when it
   names it (else left as ``@id``), not kept as an item id; counted and reported;
@@ -22,7 +24,8 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.data.common import Dialogue, IngestError, IngestLog, Utterance, display_title, hash_fraction, read_text, split_title_year
+from pipeline.data.common import (Dialogue, IngestError, IngestLog, Utterance, check_list, check_object, check_record_size, check_text,
+                                  display_title, hash_fraction, read_text, split_title_year)
 from pipeline.data.items import Movie
 
 MENTION = re.compile(r"@(\d+)")
@@ -30,13 +33,14 @@ REQUIRED_KEYS = ("conversationId", "messages", "initiatorWorkerId", "respondentW
 MESSAGE_KEYS = ("senderWorkerId", "text")
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+def read_jsonl(path: str | Path, max_record_chars: int = IngestLog.max_record_chars) -> list[tuple[int, dict]]:
     """(line number, record) for every non-blank line; a bad line is an error naming file and line."""
     text = read_text(path, "JSON lines, one ReDial dialogue object per line")
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        check_record_size(line, path, number, max_record_chars)
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
@@ -77,9 +81,14 @@ def parse_dialogue(record: dict, split: str, movies: dict[str, Movie], log: Inge
     conv = str(record["conversationId"])
     seeker, recommender = record["initiatorWorkerId"], record["respondentWorkerId"]
     mentions = record.get("movieMentions") or {}
+    if not isinstance(mentions, dict):
+        log.record("repaired", "movie_mentions_not_an_object", file, f"line {line}, conversationId {conv}",
+                   f"a JSON {type(mentions).__name__}: ignored (mentions outside the catalogue stay @id)")
+        mentions = {}
     utterances = []
-    for index, message in enumerate(record["messages"]):
+    for index, message in enumerate(check_list(record["messages"], file, f"line {line}, conversationId {conv}", "'messages'")):
         where = f"line {line}, conversationId {conv}, message {index}"
+        check_object(message, file, where, "the message")
         for key in MESSAGE_KEYS:
             if key not in message:
                 raise IngestError(f"{file}: {where}: key {key!r} missing; expected keys {list(MESSAGE_KEYS)}")
@@ -91,7 +100,8 @@ def parse_dialogue(record: dict, split: str, movies: dict[str, Movie], log: Inge
         else:
             log.record("dropped", "sender_not_a_participant", file, where, f"senderWorkerId {sender}")
             continue
-        text, items = render(message["text"], mentions, movies, log, file, where)
+        raw_text = check_text(message["text"], file, where, "'text'", log.max_utterance_chars)
+        text, items = render(raw_text, mentions, movies, log, file, where)
         utterances.append(Utterance(speaker, text, items))
     return Dialogue(f"redial:{conv}", split, utterances, Path(file).name)
 
@@ -109,7 +119,7 @@ def read_redial(
     by_id: dict[str, tuple[str, dict]] = {}
     provenance = {}
     for path in train_files:
-        records = read_jsonl(path)
+        records = read_jsonl(path, log.max_record_chars)
         new = duplicate = 0
         for line, record in records:
             conv = str(record["conversationId"])
@@ -125,7 +135,7 @@ def read_redial(
             dialogues.append(parse_dialogue(record, split, movies, log, str(path), line))
         provenance[str(path)] = {"dialogues": len(records), "new": new, "duplicates": duplicate}
     test_ids = set()
-    records = read_jsonl(test_file)
+    records = read_jsonl(test_file, log.max_record_chars)
     for line, record in records:
         conv = str(record["conversationId"])
         if conv in by_id:

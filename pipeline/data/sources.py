@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import DataError
+
 GH = "https://raw.githubusercontent.com"
 
 
@@ -124,7 +126,7 @@ def load_manifest(path: str | Path) -> list[RawFile]:
     for number, e in enumerate(entries):
         missing = [k for k in ("dataset", "path") if k not in e]
         if missing or not (e.get("sha256") or e.get("git_blob")):
-            raise ValueError(f"{path}: entry {number}: needs dataset, path and sha256 or git_blob; got {sorted(e)}")
+            raise DataError(f"{path}: entry {number}: needs dataset, path and sha256 or git_blob; got {sorted(e)}")
         out.append(RawFile(e["dataset"], e["path"], e.get("url", ""), sha256=e.get("sha256"), git_blob=e.get("git_blob"),
                            required=e.get("required", True), online=bool(e.get("url"))))
     return out
