@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from pipeline.base_model import weights_hash
+from pipeline.errors import MissingArtifactError
 
 from tests.conftest import repo_env, run
 
@@ -148,7 +149,9 @@ def test_reficr_recommend_names_the_dvc_target_of_a_missing_run(tmp_path):
     (tmp_path / "in.jsonl").write_text(json.dumps({"context": SUPERBAD}) + "\n")
     result = CliRunner().invoke(app, ["recommend", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
                                       "--root", str(tmp_path)])
-    assert result.exit_code != 0 and "evaluate@redial" in result.output  # `dvc repro evaluate@redial` makes it
+    # `dvc repro evaluate@redial` makes it (the installed `reficr` prints it as one `error:` line: test_reliability)
+    assert result.exit_code != 0 and isinstance(result.exception, MissingArtifactError)
+    assert "`dvc repro evaluate@redial` makes it" in str(result.exception)
 
 
 # ----------------------------------------------------------------------------- limits
