@@ -6,8 +6,8 @@ A kill (or power loss) at any instant leaves, for the next run, either the old o
   folder is fsynced;
 - ``atomic_dir``: the folder is written beside the target and fsynced (every file, then the folder); the swap is
   two renames (target -> ``.<name>.old``, new -> target) and the parent is fsynced after each. A kill between
-  the two leaves no target but a complete ``.<name>.old``, which ``recover`` (called before every write, and by
-  ``recover_outputs``) renames back; a leftover ``.old`` beside a target is removed;
+  the two leaves no target but a complete ``.<name>.old``, which ``recover`` (called before every write) renames
+  back; a leftover ``.old`` beside a target is removed;
 - temporary files and folders carry the writing process's id (``.<name>.<pid>.<random>.tmp``): those of a dead
   process are removed by the next write beside them.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -94,19 +95,10 @@ def recover(target: str | os.PathLike) -> None:
             os.replace(old, target)
             _fsync_path(parent)
     prefix = f".{target.name}."
-    for tmp in parent.glob(f"{glob_escape(prefix)}*.tmp"):
+    for tmp in parent.glob(f"{glob.escape(prefix)}*.tmp"):
         pid = tmp.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             _remove(tmp)
-
-
-def glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
-
-
-def recover_outputs(*targets: str | os.PathLike) -> None:
-    for target in targets:
-        recover(target)
 
 
 NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
