@@ -3,11 +3,8 @@
 
 - ``Conversation`` / ``request_model``: the input contract and its limits (pydantic, so the service's OpenAPI
   schema documents them and the batch CLI checks a whole file against the same rules before it loads a model);
-- ``answer_turn``: ``ReFICR.turn`` composed from the workflow's public steps, timing each stage and reading
-  each candidate's retrieval score; ``Recommendation``: its result.
-
-``answer_turn`` makes the same decisions as ``ReFICR.turn`` (same steps, same order, same settings);
-``tests/test_serve.py`` checks that both give the same turn.
+- ``answer_turn``: ``ReFICR.turn`` with each stage timed and each candidate's retrieval score and title;
+  ``Recommendation``: its result.
 """
 
 from __future__ import annotations
@@ -20,9 +17,6 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from pipeline import templates
-from pipeline.instructions import ACTIONS
-from pipeline.metrics import parse_actions
 from pipeline.recommender import RUN_MANIFEST, ReFICR
 
 # Input limits. A turn only reads the most recent utterances (``context_max_utterances``, ``context_max_chars``
@@ -121,29 +115,11 @@ def answer_turn(system: ReFICR, context: list[dict], force_recommend: bool = Fal
                 top_k: int | None = None) -> Recommendation:
     """``ReFICR.turn`` with per-stage timings, the candidates' retrieval scores and titles. ``top_k`` cuts the
     listed candidates (default: all ``settings.candidates`` the model ranks); the turn itself does not change."""
-    s = system.settings
     timings = dict.fromkeys(StageTimings.model_fields, 0.0)
-    with _timed(timings, "dm"):
-        text = system.render(context)
-        dm_output = system.manage([text])[0]
-    actions = parse_actions(dm_output, ACTIONS) or []
-    candidates, knowledge, ranking_output, recommended = [], templates.NO_KNOWLEDGE, "", []
-    if force_recommend or "Recommend" in actions:
-        with _timed(timings, "retrieve"):  # = system.retrieve([text]), keeping the query to score the candidates
-            query = system.encoder.conversations([text], templates.CONV2ITEM_QUERY)
-            retrieved = system.corpus.top(query, s.top_k)
-            scores = system.corpus.scores(query)[0]
-        with _timed(timings, "knowledge"):
-            knowledge = system.knowledge([text], [""])[0]
-        with _timed(timings, "rank"):
-            ranked, _, outputs = system.rank([text], retrieved, [knowledge])
-        row = {item: i for i, item in enumerate(system.corpus.item_ids)}
-        candidates = [Candidate(item_id=i, title=system.title[i], score=round(float(scores[row[i]]), 6))
-                      for i in retrieved[0][: s.candidates][:top_k]]
-        ranking_output, recommended = outputs[0], ranked[0][: s.items_in_response]
-    with _timed(timings, "respond"):
-        response = system.respond([text], [recommended])[0]
-    return Recommendation(actions=actions, dm_output=dm_output, candidates=candidates, knowledge=knowledge,
-                          ranking_output=ranking_output,
-                          recommended=[RecommendedItem(item_id=i, title=system.title[i]) for i in recommended],
-                          response=response, timings_ms=StageTimings(**timings))
+    turn = system.turn(context, force_recommend, timed=lambda stage: _timed(timings, stage))
+    candidates = [Candidate(item_id=i, title=system.title[i], score=round(score, 6))
+                  for i, score in list(zip(turn.candidates, turn.candidate_scores))[:top_k]]
+    return Recommendation(actions=turn.actions, dm_output=turn.dm_output, candidates=candidates, knowledge=turn.knowledge,
+                          ranking_output=turn.ranking_output,
+                          recommended=[RecommendedItem(item_id=i, title=system.title[i]) for i in turn.recommended],
+                          response=turn.response, timings_ms=StageTimings(**timings))

@@ -9,9 +9,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import bm25s
 import numpy as np
+
+
+def item_counts(train_gold: Iterable[Iterable[str]], corpus: Iterable[str]) -> np.ndarray:
+    """How often each corpus item is a gold item of the training split's recommender turns (corpus order)."""
+    counts = Counter(item for gold in train_gold for item in gold)
+    return np.array([counts.get(item, 0) for item in corpus], dtype=np.float32)
 
 
 def popularity_ranking(train_gold: list[list[str]], corpus: list[str]) -> list[str]:

@@ -11,7 +11,10 @@ embeddings (the un-tuned base model's, from ``embed_base_items``), with gradient
 
 ``bias_i`` (optional, ``finetune.item_bias``) is one learned number per item with its own learning rate: the
 item side has to move for the softmax to separate items the base model embeds alike, and a bias is the
-cheapest way (an extension of the paper's model; report it as such). The query's other gold items are masked
+cheapest way (an extension of the paper's model; report it as such). It starts at 0 or (``item_bias_init: log_count``)
+at log(1 + the item's training-split recommendation count): the log of the catalogue's marginal, which is
+what a context-free softmax converges to, so training spends its few steps on what the context adds to
+popularity instead of first re-learning popularity (training-split counts only; validation and test unseen). The query's other gold items are masked
 out of its negatives. Retrieval then ranks by ``cos(query, item) + temperature * bias`` against the same table,
 so training and inference score items the same way (``pipeline.recommender.ItemCorpus`` takes the bias).
 """
@@ -67,15 +70,23 @@ def catalogue_loss(queries: torch.Tensor, table: torch.Tensor, targets: torch.Te
 
 
 def catalogue_tasks(conv2item: pd.DataFrame, items: dict[str, pd.DataFrame], tables: dict[str, np.ndarray],
-                    item_bias: bool, device: torch.device | str = "cpu") -> list[CatalogueTask]:
-    """One task per dataset of ``conv2item`` (training pairs), against ``tables[dataset]`` (rows = ``items[dataset]``)."""
+                    item_bias: bool, device: torch.device | str = "cpu",
+                    bias_init: dict[str, np.ndarray] | None = None) -> list[CatalogueTask]:
+    """One task per dataset of ``conv2item`` (training pairs), against ``tables[dataset]`` (rows = ``items[dataset]``);
+    a learned bias starts at ``bias_init[dataset]`` (one value per row) when given, else at 0."""
     tasks = []
     for dataset, table in tables.items():
         pairs = conv2item[conv2item["dataset"] == dataset]
         row = {item: r for r, item in enumerate(items[dataset]["item_id"])}
         if len(table) != len(row):
             raise DataError(f"{dataset}: item table has {len(table)} rows for {len(row)} items; re-run embed_base_items")
-        bias = torch.nn.Parameter(torch.zeros(len(row), device=device)) if item_bias else None
+        bias = None
+        if item_bias:
+            start = (bias_init or {}).get(dataset)
+            if start is not None and len(start) != len(row):
+                raise DataError(f"{dataset}: item bias start has {len(start)} values for {len(row)} items")
+            start = torch.zeros(len(row)) if start is None else torch.as_tensor(np.asarray(start, dtype=np.float32))
+            bias = torch.nn.Parameter(start.to(device))
         tasks.append(CatalogueTask(dataset, pairs["query"].tolist(), [row[i] for i in pairs["item_id"]],
                                    [[row[g] for g in gold if g in row] for gold in pairs["gold_item_ids"]],
                                    torch.as_tensor(np.asarray(table, dtype=np.float32), device=device), bias))

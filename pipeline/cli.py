@@ -184,7 +184,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
           dataset: str = typer.Option("redial", help="redial | inspired: which trained run to serve"),
           root: Path = typer.Option(Path("."), help="project root"),
           max_body_kib: int = typer.Option(1024, help="largest request body accepted (KiB); larger gets a 413"),
-          queue_timeout: float = typer.Option(300.0, help="seconds a request may wait for the model before a 503")) -> None:
+          queue_timeout: float = typer.Option(300.0, help="seconds a request may wait for the model before a 503"),
+          max_queue: int = typer.Option(16, min=0, help="requests that may wait for the model; more get a 503 at once")) -> None:
     """HTTP service + web chat page over the trained run: GET / (chat), GET /healthz, POST /v1/recommend, GET /openapi.json."""
     import logging
 
@@ -192,7 +193,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
-    run_server(root, dataset, host, port, max_body_bytes=max_body_kib * 1024, queue_timeout_s=queue_timeout)
+    run_server(root, dataset, host, port, max_body_bytes=max_body_kib * 1024, queue_timeout_s=queue_timeout,
+               max_queue=max_queue)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schemas, templates
-from pipeline.baselines import BM25Retriever, context_echo, popularity_ranking
+from pipeline.baselines import BM25Retriever, context_echo, item_counts, popularity_ranking
 from pipeline.data.items import item_titles
 from pipeline.instructions import ACTIONS, cap
 from pipeline.metrics import (Instance, dedup, dialogue_management_metrics, distinct_n, majority_action_set, paired_difference,
@@ -194,8 +194,7 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
 def _retrieval_prior(run: EvalRun) -> list[list[str]]:
     """cosine / temperature + beta * log(1 + training count), beta chosen on the validation split (Recall@10 + @50)."""
     item_ids = run.data.items["item_id"].tolist()
-    counts = pd.Series([i for gold in run.data.train_gold for i in gold]).value_counts()
-    prior = np.log1p(np.array([counts.get(i, 0) for i in item_ids], dtype=np.float32))
+    prior = np.log1p(item_counts(run.data.train_gold, item_ids))
     s, k = run.settings, run.recommender.top_k
     valid = cap(run.data.turns_valid, s.max_validation or None, s.seed)
     position = {item: r for r, item in enumerate(item_ids)}

@@ -9,7 +9,9 @@ conversation's next turn. ``ground_reply`` makes the reply a person sees:
 2. loops are cut: a span of 3+ characters repeated 3+ times in a row is kept once, so is a word said twice in a
    row; a line said before (or the start of one) is dropped, and the text ends before the second occurrence of a
    repeated 5-word sequence;
-3. a span of ``COPY_WORDS``+ words that a seeker utterance of the context also has is removed;
+3. a span of ``COPY_WORDS``+ words that a seeker utterance of the context also has is removed; rules 2 and 3
+   read a named title as one word (``TitleMask``: "La La Land" is not a loop, nor a title the seeker also
+   named a copy);
 4. items: a title the reply names (``<item>...</item>``, or a catalogue title with its year written out) that is
    not one of the turn's recommended items is replaced by a recommended one it does not name yet, else removed;
    unmatched ``<item>`` tags are removed;
@@ -36,6 +38,10 @@ NEXT_TURN = re.compile(r"(?im)(^|\s)(seeker|user|human)\s*:|<\|?(user|seeker|im_
 ROLE_MARKER = re.compile(r"(?i)^(\s*(<\|?\s*(recommender|assistant|system)\s*\|?>|\[(recommender|assistant)\]|(recommender|assistant)\s*:))+")
 REPEATED_SPAN = re.compile(r"(.{3,}?)\1{2,}", re.DOTALL)
 REPEATED_WORD = re.compile(r"(?i)\b(\w+)(?:\s+\1\b)+")
+# TitleMask's stand-in for a title: private-use characters around a word, so that a title counts as one word
+PLACEHOLDER_OPEN, PLACEHOLDER_CLOSE = "\ue000", "\ue001"
+PLACEHOLDER = re.compile("\ue000title[a-z]+\ue001")
+PLACEHOLDER_PART = re.compile("\ue000[a-z]*\ue001?|\ue001")
 LOOP_NGRAM = 5
 COPY_WORDS = 6
 WORD = re.compile(r"[A-Za-z]{2,}")
@@ -159,9 +165,51 @@ def cut_loops(text: str) -> str:
     return text[:cut] if cut is not None else text
 
 
+class TitleMask:
+    """Each title a text names (an ``<item>`` pair, or a catalogue title with its year) replaced by one placeholder
+    word per distinct title, the same in the reply and the seeker's utterances: the loop and copy rules then read a
+    title as one word ("La La Land" is no loop; recommending a film the seeker named is no copy, repeating their
+    sentence around it is), and the same title said over and over is still a loop. ``restore`` puts them back."""
+
+    def __init__(self, catalogue: Catalogue):
+        self.catalogue = catalogue
+        self.keys: list[str] = []  # normalized titles, in the order first seen
+        self.pieces: dict[str, str] = {}  # placeholder -> the text it stands for (its first occurrence)
+
+    def protect(self, text: str) -> str:
+        text = text.replace(PLACEHOLDER_OPEN, "").replace(PLACEHOLDER_CLOSE, "")
+        spans = sorted([(m.start(), m.end(), m.group(1)) for m in ITEM_TAG.finditer(text)] + self.catalogue.untagged(text))
+        out, at = [], 0
+        for start, end, title in spans:
+            key = normalize(title)
+            if key not in self.keys:
+                self.keys.append(key)
+            word = _placeholder(self.keys.index(key))
+            self.pieces.setdefault(word, text[start:end])
+            out += [text[at:start], word]
+            at = end
+        return "".join(out + [text[at:]])
+
+    def restore(self, text: str) -> str:
+        """``protect`` undone; a placeholder a loop cut left incomplete goes."""
+        return PLACEHOLDER_PART.sub("", PLACEHOLDER.sub(lambda m: self.pieces.get(m.group(0), ""), text))
+
+
+def _placeholder(index: int) -> str:
+    letters = ""
+    while True:
+        index, digit = divmod(index, 26)
+        letters += chr(ord("a") + digit)
+        if not index:
+            return f"{PLACEHOLDER_OPEN}title{letters}{PLACEHOLDER_CLOSE}"
+
+
 def check_reply(reply: str, allowed: list[str], context: str, catalogue: Catalogue) -> ReplyCheck:
     outside = tuple(t for t in named_titles(reply, catalogue) if _is_allowed(t, allowed) is None)
-    return ReplyCheck(outside, has_loop(reply), copied_span(reply, seeker_utterances(context)) is not None)
+    mask = TitleMask(catalogue)
+    masked = mask.protect(reply)
+    seeker = [mask.protect(u) for u in seeker_utterances(context)]
+    return ReplyCheck(outside, has_loop(masked), copied_span(masked, seeker) is not None)
 
 
 def _tidy(text: str) -> str:
@@ -216,13 +264,17 @@ class Reply:
 
 
 def _clean(text: str, allowed: list[str], seeker: list[str], catalogue: Catalogue) -> str:
-    text = cut_loops(strip_stray_tags(text))
+    mask = TitleMask(catalogue)
+    text = cut_loops(mask.protect(strip_stray_tags(text)))
+    seeker = [mask.protect(u) for u in seeker]
     span = copied_span(text, seeker)
     while span is not None:  # the copied words go, with the punctuation that closed them
         end = span[1] + len(re.match(r"[)\].,!?;:\s]*", text[span[1]:]).group(0))
         text = text[: span[0]] + " " + text[end:]
         span = copied_span(text, seeker)
-    return _tidy(_ground_items(text, allowed, catalogue))
+    text = _ground_items(mask.restore(text), allowed, catalogue)
+    mask = TitleMask(catalogue)  # afresh: grounding may have swapped titles
+    return mask.restore(_tidy(mask.protect(text)))
 
 
 def ground_reply(raw: str, allowed: list[str], context: str, catalogue: Catalogue) -> Reply:

@@ -8,8 +8,11 @@ A kill (or power loss) at any instant leaves, for the next run, either the old o
   two renames (target -> ``.<name>.old``, new -> target) and the parent is fsynced after each. A kill between
   the two leaves no target but a complete ``.<name>.old``, which ``recover`` (called before every write) renames
   back; a leftover ``.old`` beside a target is removed;
-- temporary files and folders carry the writing process's id (``.<name>.<pid>.<random>.tmp``): those of a dead
-  process are removed by the next write beside them.
+- temporary files and folders carry the writing process's id and host (``.<name>.<pid>@<host>.<random>.tmp``):
+  those of a dead process of this host are removed by the next write beside them (a process on another host
+  sharing the folder is never judged by a local pid);
+- a folder to delete (a replaced output, a ``.old``) is first renamed to such a temporary name, so that a kill
+  in the middle of deleting it leaves nothing that could be taken for an output.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import errno
 import glob
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,12 +76,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _discard(path: Path, target: Path) -> None:
+    """Delete ``path`` (``target``'s ``.old``), first renamed to a temporary of ``target``: a kill mid-way leaves a
+    temporary that ``recover(target)`` removes, never a partial ``.old`` that it could restore."""
+    if not path.exists():
+        return
+    doomed = path.parent / f"{_tmp_prefix(target)}discard.tmp"
+    os.replace(path, doomed)
+    _remove(doomed)
 
 
 def recover(target: str | os.PathLike) -> None:
@@ -90,14 +108,15 @@ def recover(target: str | os.PathLike) -> None:
     old = parent / f".{target.name}.old"
     if old.exists():
         if target.exists():
-            _remove(old)
+            _discard(old, target)
         else:
             os.replace(old, target)
             _fsync_path(parent)
-    prefix = f".{target.name}."
-    for tmp in parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid = tmp.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    # exactly ".<name>.<pid>@<host>.<random>.tmp": not the temporaries of a sibling named "<name>.<digits>"
+    ours = re.compile(re.escape(f".{target.name}.") + r"(\d+)@" + re.escape(HOST) + r"\.[A-Za-z0-9_]+\.tmp")
+    for tmp in parent.glob(f"{glob.escape(f'.{target.name}.')}*.tmp"):
+        match = ours.fullmatch(tmp.name)
+        if match and not _alive(int(match.group(1))):
             _remove(tmp)
 
 
@@ -117,7 +136,7 @@ def _disk_full_is_an_error(target: Path) -> Iterator[None]:
 
 
 def _tmp_prefix(target: Path) -> str:
-    return f".{target.name}.{os.getpid()}."
+    return f".{target.name}.{os.getpid()}@{HOST}."
 
 
 @contextlib.contextmanager
@@ -166,13 +185,13 @@ def swap_in(new: Path, target: Path) -> None:
     parent = target.parent
     if target.exists():
         old = parent / f".{target.name}.old"
-        _remove(old)
+        _discard(old, target)
         os.replace(target, old)
         _fsync_path(parent)
         _crash_point("atomic_dir.between_renames")
         os.replace(new, target)
         _fsync_path(parent)
-        _remove(old)
+        _discard(old, target)
     else:
         os.replace(new, target)
         _fsync_path(parent)

@@ -10,11 +10,16 @@ inner product (``pipeline.index``).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline import templates
 from pipeline.catalogue import rank_scores
@@ -36,6 +41,44 @@ KNOWLEDGE_NEIGHBOURS = 8
 # What `evaluate@<dataset>` saves in data/eval/<dataset>/ for `from_run`.
 RUN_MANIFEST = "recommender.json"
 ITEMS_FILE, BIAS_FILE, CONVERSATIONS_FILE = "reficr_items.npy", "reficr_item_bias.npy", "reficr_conversations.npy"
+# dialogue management chooses among the action sequences of at least this share of the training turns
+DM_CHOICE_MIN_SHARE = 0.01
+DM_TAG_TOKENS = 64  # room for the <a>Action</a> tags after a generated explanation (three actions take ~25 tokens)
+
+
+def dm_choices(train_actions: list[list[str]], min_share: float = DM_CHOICE_MIN_SHARE) -> list[list[str]]:
+    """The action sequences of at least ``min_share`` of the training turns, most frequent first (ties: first
+    seen): what dialogue management chooses among when its generation names no action."""
+    counts = Counter(tuple(a) for a in train_actions if len(a))
+    floor = min_share * sum(counts.values())
+    return [list(a) for a, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n >= floor]
+
+
+@torch.no_grad()
+def score_endings(lm: RetrievableLM, prompt: str, targets: list[str], max_prompt_length: int, max_target_length: int) -> np.ndarray:
+    """Log-likelihood of each target (its tokens, then EOS) given ``prompt``, as ``RetrievableLM.score`` sums it,
+    but with the targets' shared token prefix (prompt + explanation) run once and its key/value cache reused
+    for the batch of their different endings: choosing among k endings costs one long and one short forward."""
+    pairs = lm.tokenize_pairs([prompt] * len(targets), targets, max_prompt_length, max_target_length)
+    seqs = [seq for seq, _ in pairs]
+    n_prompt = pairs[0][1]
+    shared = min(len(os.path.commonprefix(seqs)), min(len(s) for s in seqs) - 1)
+    was_training = lm.model.training
+    lm.model.eval()
+    device = next(lm.model.parameters()).device
+    head = lm.model(input_ids=torch.tensor([seqs[0][:shared]], device=device), use_cache=True)
+    head_logp = torch.log_softmax(head.logits[0].float(), dim=-1)
+    common = sum(float(head_logp[p - 1, seqs[0][p]]) for p in range(max(n_prompt, 1), shared))
+    tails = [s[shared:] for s in seqs]
+    ids, mask = lm._pad(tails, side="right")  # on the model's device
+    cache = head.cache
+    cache.batch_repeat_interleave(len(targets))
+    attention = torch.cat([torch.ones(len(targets), shared, dtype=mask.dtype, device=device), mask], dim=1)
+    logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=attention, cache=cache).logits.float(), dim=-1)
+    first = head_logp[-1].gather(0, ids[:, 0])
+    rest = (logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) * mask[:, 1:]).sum(dim=1)
+    lm.model.train(was_training)
+    return (common + first + rest).cpu().numpy().astype(np.float64)
 
 
 @dataclass
@@ -119,6 +162,7 @@ class Turn:
     ranking_output: str
     recommended: list[str]  # item ids, the model's order
     response: str
+    candidate_scores: list[float] = field(default_factory=list)  # each candidate's retrieval score (cosine [+ bias])
 
 
 class ReFICR:
@@ -179,18 +223,18 @@ class ReFICR:
     def manage_prompts(self, prompts: list[str]) -> tuple[list[str], list[bool]]:
         """Dialogue management on built prompts: the outputs, and per output whether its action was chosen by
         scoring. Greedy generation first; where it names no action (cut at ``max_new_tokens_dm`` or malformed),
-        the explanation generated so far is completed with the most likely ``<a>Action</a>`` of the action set
-        (log-likelihood under the model), so every turn gets an action and the chat can act on it."""
+        the explanation generated so far is completed with the most likely of ``settings.dm_choices`` (the action
+        sequences of the training split, so a turn can get the two actions it often needs; log-likelihood under
+        the model, EOS included), so every turn gets an action and the chat can act on it."""
         outputs = self.generate(prompts, self.settings.max_new_tokens_dm)
         missing = [i for i, o in enumerate(outputs) if parse_actions(o, ACTIONS) is None]
-        if missing:
-            endings = [f"{outputs[i].split('<a>')[0].rstrip()} <a>{a}</a>".lstrip() for i in missing for a in ACTIONS]
-            scores = self.lm.score([prompts[i] for i in missing for _ in ACTIONS], endings, batch_size=self.settings.generation_batch,
-                                   max_prompt_length=self.settings.prompt_length,
-                                   max_target_length=2 * self.settings.max_new_tokens_dm)
-            for j, i in enumerate(missing):
-                options = range(j * len(ACTIONS), (j + 1) * len(ACTIONS))
-                outputs[i] = endings[max(options, key=lambda o: float(scores[o].sum()))]
+        choices = self.settings.dm_choices or [[a] for a in ACTIONS]
+        for i in missing:
+            explanation = outputs[i].split("<a>")[0].rstrip()
+            endings = [f"{explanation} {''.join(f'<a>{a}</a>' for a in choice)}".lstrip() for choice in choices]
+            scores = score_endings(self.lm, prompts[i], endings, self.settings.prompt_length,
+                                   self.settings.max_new_tokens_dm + DM_TAG_TOKENS)
+            outputs[i] = endings[int(np.argmax(scores))]
         scored = set(missing)
         return outputs, [i in scored for i in range(len(outputs))]
 
@@ -226,16 +270,29 @@ class ReFICR:
         return [ground_reply(r, [self.title[i] for i in ids], t, self.catalogue) for r, ids, t in zip(raw, items, texts)]
 
     # ------------------------------------------------------------------ one turn
-    def turn(self, context: list[dict], force_recommend: bool = False) -> Turn:
-        text = self.render(context)
-        dm_output = self.manage([text])[0]
+    def turn(self, context: list[dict], force_recommend: bool = False,
+             timed: Callable[[str], ContextManager] = lambda stage: nullcontext()) -> Turn:
+        """One conversation turn: dialogue management, then (when it says Recommend, or ``force_recommend``)
+        retrieval, knowledge and ranking, then the reply. ``timed(stage)`` wraps each stage (dm, retrieve,
+        knowledge, rank, respond), e.g. to time it (``pipeline.answer``)."""
+        with timed("dm"):
+            text = self.render(context)
+            dm_output = self.manage([text])[0]
         actions = parse_actions(dm_output, ACTIONS) or []
-        candidates, knowledge, ranking_output, recommended = [], templates.NO_KNOWLEDGE, "", []
+        candidates, scores, knowledge, ranking_output, recommended = [], [], templates.NO_KNOWLEDGE, "", []
         if force_recommend or "Recommend" in actions:
-            retrieved = self.retrieve([text])
-            knowledge = self.knowledge([text], [""])[0]
-            ranked, _, outputs = self.rank([text], retrieved, [knowledge])
+            with timed("retrieve"):  # = self.retrieve([text]), keeping the query to score the candidates
+                query = self.encoder.conversations([text], templates.CONV2ITEM_QUERY)
+                retrieved = self.corpus.top(query, self.settings.top_k)
+                all_scores = self.corpus.scores(query)[0]
+            with timed("knowledge"):
+                knowledge = self.knowledge([text], [""])[0]
+            with timed("rank"):
+                ranked, _, outputs = self.rank([text], retrieved, [knowledge])
+            row = {item: i for i, item in enumerate(self.corpus.item_ids)}
             candidates, ranking_output = retrieved[0][: self.settings.candidates], outputs[0]
+            scores = [float(all_scores[row[i]]) for i in candidates]
             recommended = ranked[0][: self.settings.items_in_response]
-        response = self.respond([text], [recommended])[0]
-        return Turn(actions, dm_output, candidates, knowledge, ranking_output, recommended, response)
+        with timed("respond"):
+            response = self.respond([text], [recommended])[0]
+        return Turn(actions, dm_output, candidates, knowledge, ranking_output, recommended, response, scores)

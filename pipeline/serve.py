@@ -10,7 +10,8 @@
 - ``GET /openapi.json``, ``/docs``: FastAPI's own description of all of it.
 
 One process holds one model. Generation is not thread-safe, so model calls are serialized by a lock: concurrent
-requests wait their turn (up to ``queue_timeout_s``, then 503). Bad requests get a 4xx naming the problem and
+requests wait their turn (up to ``queue_timeout_s``, then 503; beyond ``max_queue`` waiting, 503 at once). The
+page and ``/healthz`` are answered on the event loop, never behind queued model calls. Bad requests get a 4xx naming the problem and
 what is allowed (422 from the request schema, 413 for a body over ``max_body_bytes``); a failure inside the
 model gets a 500 whose ``request_id`` is also in the server log. To scale out, run more processes behind a
 load balancer (DESIGN.md section 10): the service keeps no state between requests.
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # above any body the schema allows (50 utterances x 2,000 characters, JSON-escaped)
 QUEUE_TIMEOUT_S = 300.0  # how long a request may wait for the model before a 503
+MAX_QUEUE = 16  # requests waiting for the model beyond this get a 503 at once (the thread pool holds 40)
 
 
 # ----------------------------------------------------------------------------- what the service loads
@@ -141,12 +143,14 @@ class BodyLimit:
         await JSONResponse({"detail": detail}, status_code=413)(scope, None, send)
 
 
-def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES, queue_timeout_s: float = QUEUE_TIMEOUT_S) -> FastAPI:
+def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES, queue_timeout_s: float = QUEUE_TIMEOUT_S,
+               max_queue: int = MAX_QUEUE) -> FastAPI:
     """The FastAPI app over a loaded ``Service`` (tests build it on the tiny profile's run)."""
     system = service.system
     max_top_k = system.settings.candidates
     RecommendRequest = request_model(max_top_k)
     model_lock = threading.Lock()
+    places = threading.BoundedSemaphore(max_queue + 1)  # the request at the model and those waiting for it
     limits = Limits(max_body_bytes=max_body_bytes, max_utterances=MAX_UTTERANCES, max_utterance_chars=MAX_UTTERANCE_CHARS,
                     max_top_k=max_top_k, default_top_k=min(DEFAULT_TOP_K, max_top_k))
     health = Health(status="ok", dataset=service.dataset, corpus_size=len(system.corpus.item_ids),
@@ -160,35 +164,43 @@ def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES, queue_
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.get("/", response_class=HTMLResponse, summary="The chat page")
-    def chat_page() -> HTMLResponse:
+    async def chat_page() -> HTMLResponse:
         return HTMLResponse(page)
 
     @app.get("/healthz", response_model=Health, summary="What is loaded")
-    def healthz() -> Health:
+    async def healthz() -> Health:
         return health
 
     @app.post("/v1/recommend", response_model=Recommendation, summary="One turn of the recommender",
               responses={400: {"model": ErrorMessage, "description": "a body that cannot be read as JSON text (e.g. not UTF-8)"},
                          413: {"model": ErrorMessage, "description": "body too large"},
                          500: {"model": ServerError, "description": "the model failed; the id is in the server log"},
-                         503: {"model": ErrorMessage, "description": "the model stayed busy past the queue timeout"}})
+                         503: {"model": ErrorMessage, "description": "the model stayed busy past the queue timeout, or "
+                                                                    "too many requests were already waiting"}})
     def recommend(body: RecommendRequest):  # type: ignore[valid-type]
         """The recommender's action, candidates (with retrieval scores), knowledge, ranked items and reply for the
         conversation in ``context`` (sent whole each turn), with per-stage timings. Model calls are serialized."""
         request_id = uuid.uuid4().hex[:12]
         start = time.perf_counter()
-        if not model_lock.acquire(timeout=queue_timeout_s):
-            log.warning("%s: model busy for %.0f s, answered 503", request_id, queue_timeout_s)
-            return JSONResponse({"detail": f"the model stayed busy for {queue_timeout_s:.0f} s; try again"}, status_code=503)
+        if not places.acquire(blocking=False):
+            log.warning("%s: %d requests already waiting, answered 503", request_id, max_queue)
+            return JSONResponse({"detail": f"{max_queue} requests are already waiting for the model; try again later"},
+                                status_code=503)
         try:
-            context = [u.model_dump() for u in body.context]
-            result = answer_turn(system, context, force_recommend=body.force_recommend, top_k=body.top_k)
-        except Exception:
-            log.exception("%s: the model failed on a %d-utterance context", request_id, len(body.context))
-            return JSONResponse({"detail": "the recommender failed on this request; the server log has the details",
-                                 "request_id": request_id}, status_code=500)
+            if not model_lock.acquire(timeout=queue_timeout_s):
+                log.warning("%s: model busy for %.0f s, answered 503", request_id, queue_timeout_s)
+                return JSONResponse({"detail": f"the model stayed busy for {queue_timeout_s:.0f} s; try again"}, status_code=503)
+            try:
+                context = [u.model_dump() for u in body.context]
+                result = answer_turn(system, context, force_recommend=body.force_recommend, top_k=body.top_k)
+            except Exception:
+                log.exception("%s: the model failed on a %d-utterance context", request_id, len(body.context))
+                return JSONResponse({"detail": "the recommender failed on this request; the server log has the details",
+                                     "request_id": request_id}, status_code=500)
+            finally:
+                model_lock.release()
         finally:
-            model_lock.release()
+            places.release()
         log.info("%s: %d utterances, force_recommend=%s -> %s in %.0f ms", request_id, len(body.context),
                  body.force_recommend, result.actions or "(no action)", (time.perf_counter() - start) * 1000)
         return result
@@ -197,12 +209,12 @@ def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES, queue_
 
 
 def serve(root: str | Path, dataset: str, host: str, port: int, max_body_bytes: int = MAX_BODY_BYTES,
-          queue_timeout_s: float = QUEUE_TIMEOUT_S) -> None:
+          queue_timeout_s: float = QUEUE_TIMEOUT_S, max_queue: int = MAX_QUEUE) -> None:
     """Load the run once, then answer on ``host:port`` with one uvicorn worker (one model in memory)."""
     import uvicorn
 
     service = Service.load(root, dataset)
     log.info("loaded %s (%d items) in %.1f s; adapter %s", dataset, len(service.system.corpus.item_ids),
              service.load_seconds, service.model.adapter_sha256[:12])
-    uvicorn.run(create_app(service, max_body_bytes=max_body_bytes, queue_timeout_s=queue_timeout_s),
+    uvicorn.run(create_app(service, max_body_bytes=max_body_bytes, queue_timeout_s=queue_timeout_s, max_queue=max_queue),
                 host=host, port=port, workers=1, log_level="info")

@@ -4,7 +4,7 @@ the library takes them and never reads params.yaml. No defaults: every value com
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.hardware import resolve_dtype
@@ -58,3 +58,6 @@ class RecommenderSettings:
     max_new_tokens_dm: int
     max_new_tokens_ranking: int
     max_new_tokens_response: int
+    # the action sequences dialogue management chooses among when its generation names none (``dm_choices``);
+    # empty: each single action
+    dm_choices: list[list[str]] = field(default_factory=list)

@@ -22,10 +22,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from pipeline.io import atomic_dir, atomic_path, fsync_tree, recover, swap_in
+from pipeline.io import atomic_dir, atomic_path, recover
 from pipeline.losses import JointLossOutput
 from pipeline.model import RetrievableLM
 
@@ -136,37 +134,34 @@ class TrainLoop:
     # --------------------------------------------------------------- checkpoints (no pickle)
     def save_checkpoint(self) -> None:
         """The adapter, optimizer, extra parameters and RNG states, written beside the checkpoint, fsynced and
-        swapped in (``pipeline.io``): a kill at any instant leaves the previous checkpoint or this one, complete."""
-        final = self.out_dir / CHECKPOINT
-        recover(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}.{os.getpid()}.", suffix=".tmp", dir=self.out_dir))
-        self.accelerator.unwrap_model(self.lm.model).save_pretrained(tmp / "adapter", safe_serialization=True)
-        tensors, meta = {}, {"step": self.step, "config": asdict(self.config), "fingerprint": self.fingerprint,
-                             "param_groups": [], "state": {}}
-        state = self.optimizer.state_dict()
-        for g in state["param_groups"]:
-            meta["param_groups"].append({k: v for k, v in g.items() if k != "params"} | {"params": g["params"]})
-        for pid, s in state["state"].items():
-            meta["state"][str(pid)] = {}
-            for key, value in s.items():
-                if torch.is_tensor(value):
-                    tensors[f"opt.{pid}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    meta["state"][str(pid)][key] = value
-        for name, param in self.extra_params.items():
-            tensors[f"extra.{name}"] = param.detach().cpu().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = s
-        meta["rng_python"] = list(random.getstate()[1]), random.getstate()[2]
-        np_state = np.random.get_state()
-        tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-        meta["rng_numpy_pos"] = [int(np_state[2]), int(np_state[3]), float(np_state[4])]
-        save_file(tensors, tmp / "state.safetensors")
-        (tmp / "state.json").write_text(json.dumps(meta))
-        fsync_tree(tmp)
-        swap_in(tmp, final)
+        swapped in (``pipeline.io.atomic_dir``): a kill at any instant leaves the previous checkpoint or this one,
+        complete; a failure leaves no temporary folder."""
+        with atomic_dir(self.out_dir / CHECKPOINT) as tmp:  # a full disk: OutputError, the old checkpoint kept
+            self.accelerator.unwrap_model(self.lm.model).save_pretrained(tmp / "adapter", safe_serialization=True)
+            tensors, meta = {}, {"step": self.step, "config": asdict(self.config), "fingerprint": self.fingerprint,
+                                 "param_groups": [], "state": {}}
+            state = self.optimizer.state_dict()
+            for g in state["param_groups"]:
+                meta["param_groups"].append({k: v for k, v in g.items() if k != "params"} | {"params": g["params"]})
+            for pid, s in state["state"].items():
+                meta["state"][str(pid)] = {}
+                for key, value in s.items():
+                    if torch.is_tensor(value):
+                        tensors[f"opt.{pid}.{key}"] = value.detach().cpu().contiguous()
+                    else:
+                        meta["state"][str(pid)][key] = value
+            for name, param in self.extra_params.items():
+                tensors[f"extra.{name}"] = param.detach().cpu().contiguous()
+            tensors["rng.torch"] = torch.get_rng_state()
+            if torch.cuda.is_available():
+                for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                    tensors[f"rng.cuda.{i}"] = s
+            meta["rng_python"] = list(random.getstate()[1]), random.getstate()[2]
+            np_state = np.random.get_state()
+            tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+            meta["rng_numpy_pos"] = [int(np_state[2]), int(np_state[3]), float(np_state[4])]
+            save_file(tensors, tmp / "state.safetensors")
+            (tmp / "state.json").write_text(json.dumps(meta))
 
     def load_checkpoint(self) -> bool:
         folder = self.out_dir / CHECKPOINT

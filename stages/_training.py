@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schemas
+from pipeline.baselines import item_counts
 from pipeline.base_model import MANIFEST
 from pipeline.catalogue import CatalogueTask, catalogue_tasks
 from pipeline.errors import ParamError
@@ -17,8 +18,9 @@ BASE = ROOT / "models/base"
 DATASETS = ("redial", "inspired")
 # what the catalogue objective reads (also fingerprinted: a checkpoint resumes only on the same inputs)
 CATALOGUE_INPUTS = tuple(f"data/embeddings/base/{d}_items.npy" for d in DATASETS) + tuple(
-    f"data/interim/{d}/items.parquet" for d in DATASETS)
+    f"data/interim/{d}/items.parquet" for d in DATASETS) + tuple(f"data/interim/{d}/rec_turns.parquet" for d in DATASETS)
 OBJECTIVES = {"warmup": ("in_batch", "catalogue"), "finetune": ("mined", "catalogue")}
+BIAS_STARTS = ("zero", "log_count")
 
 
 def read_items() -> dict[str, pd.DataFrame]:
@@ -32,10 +34,21 @@ def catalogue_objective(params: dict, section: str, conv2item: pd.DataFrame, ite
     if s["retrieval_objective"] not in OBJECTIVES[section]:
         raise ParamError(f"params.yaml: {section}.retrieval_objective {s['retrieval_objective']!r}; "
                          f"expected one of {', '.join(OBJECTIVES[section])}")
+    if s["item_bias_init"] not in BIAS_STARTS:
+        raise ParamError(f"params.yaml: {section}.item_bias_init {s['item_bias_init']!r}; expected one of {', '.join(BIAS_STARTS)}")
     if s["retrieval_objective"] != "catalogue":
         return []
     tables = {d: np.load(ROOT / f"data/embeddings/base/{d}_items.npy", allow_pickle=False) for d in DATASETS}
-    return catalogue_tasks(conv2item, items, tables, s["item_bias"])
+    starts = None
+    if s["item_bias"] and s["item_bias_init"] == "log_count":
+        starts = {d: np.log1p(item_counts(training_gold(d), items[d]["item_id"])) for d in DATASETS}
+    return catalogue_tasks(conv2item, items, tables, s["item_bias"], bias_init=starts)
+
+
+def training_gold(dataset: str) -> list[list[str]]:
+    """Gold items of the training split's recommender turns (all of them, not the capped instruction rows)."""
+    turns = schemas.read_table(ROOT / f"data/interim/{dataset}/rec_turns.parquet", schemas.REC_TURNS)
+    return [list(g) for g in turns[turns["split"] == "train"]["gold_item_ids"]]
 
 
 def train_config(params: dict, section: str) -> TrainConfig:

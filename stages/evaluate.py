@@ -14,9 +14,11 @@ import logging
 import sys
 
 import numpy as np
+import pandas as pd
 
 from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, Timer, build_system, evaluate
 from pipeline.io import atomic_dir, atomic_path, write_json
+from pipeline.recommender import dm_choices
 from pipeline.catalogue import trained_item_side
 from pipeline.settings import ModelSettings, RecommenderSettings
 from stages._common import ROOT, load_params, setup_logging, user_errors
@@ -27,13 +29,16 @@ BASE = ROOT / "models/base"
 
 
 def recommender_settings(params: dict) -> RecommenderSettings:
+    """The workflow's settings; dialogue management chooses among the training split's action sequences."""
     ranking, ev, ln, ins = params["ranking"], params["eval"], params["lengths"], params["instructions"]
+    dm_train = pd.read_parquet(ROOT / "data/instructions/dm_train.parquet", columns=["actions"])
     return RecommenderSettings(
         candidates=ranking["candidates"], knowledge_utterances=ranking["knowledge_utterances"], top_k=ev["top_k"],
         items_in_response=ranking["items_in_response"], query_length=ln["query"], document_length=ln["document"],
         prompt_length=ln["prompt"], context_max_utterances=ins["context_max_utterances"], context_max_chars=ins["context_max_chars"],
         embed_batch=params["embed"]["batch_size"], generation_batch=ev["generation_batch"], max_new_tokens_dm=ev["max_new_tokens_dm"],
-        max_new_tokens_ranking=ev["max_new_tokens_ranking"], max_new_tokens_response=ev["max_new_tokens_response"])
+        max_new_tokens_ranking=ev["max_new_tokens_ranking"], max_new_tokens_response=ev["max_new_tokens_response"],
+        dm_choices=dm_choices([list(a) for a in dm_train["actions"]]))
 
 
 def eval_settings(params: dict, dataset: str) -> EvalSettings:

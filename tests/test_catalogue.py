@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline import hardware
+from pipeline.baselines import item_counts
 from pipeline.catalogue import (CatalogueValidation, catalogue_loss, catalogue_tasks, rank_scores, recall_per_item)
+from pipeline.errors import DataError
 from pipeline.model import LoraSettings, RetrievableLM
 from pipeline.objectives import FinetuneObjective, GenerationTask
 from pipeline.recommender import ItemCorpus
@@ -70,6 +72,20 @@ def test_lora_on_the_top_layers_only(base_dir):
     lm.attach_lora(LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj"], layers=2))
     adapted = {int(name.split("layers.")[1].split(".")[0]) for name, p in lm.model.named_parameters() if p.requires_grad}
     assert adapted == {n - 2, n - 1}
+
+
+def test_the_item_bias_can_start_at_the_log_training_count():
+    items = {"toy": pd.DataFrame({"item_id": ["a", "b", "c"], "description": ["A", "B", "C"]})}
+    pairs = pd.DataFrame({"dataset": "toy", "query": ["q"], "item_id": ["a"], "gold_item_ids": [["a"]]})
+    table = np.eye(3, dtype=np.float32)
+    counts = item_counts([["a", "b"], ["a"], ["z"]], ["a", "b", "c"])  # "z" is not in the corpus
+    assert counts.tolist() == [2, 1, 0]
+    start = np.log1p(counts)
+    task = catalogue_tasks(pairs, items, {"toy": table}, item_bias=True, bias_init={"toy": start})[0]
+    assert torch.allclose(task.bias.detach(), torch.tensor([math.log(3), math.log(2), 0.0]))
+    assert catalogue_tasks(pairs, items, {"toy": table}, item_bias=True)[0].bias.abs().sum().item() == 0
+    with pytest.raises(DataError, match="bias start has 2 values for 3 items"):
+        catalogue_tasks(pairs, items, {"toy": table}, item_bias=True, bias_init={"toy": start[:2]})
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.grounding import (FALLBACK_WITHOUT_ITEMS, Catalogue, check_reply, cut_loops, ground_reply, has_loop,
+from pipeline.grounding import (FALLBACK_WITHOUT_ITEMS, Catalogue, Reply, check_reply, cut_loops, ground_reply, has_loop,
                                 seeker_utterances)
 
 CATALOGUE = Catalogue(["The Hangover (2009)", "Superbad (2007)", "Step Brothers (2008)", "Godzilla (2014)",
@@ -87,3 +87,33 @@ def test_any_reply_comes_out_grounded(parts, allowed):
     assert not check.outside_items and not check.loop and not check.copied, (reply, check)
     assert not reply.unclean, reply  # cleaning itself got there, not the safety net's fallback
     assert reply.text.strip()
+
+
+# titles whose own words repeat, or long titles the seeker also named: found in the default run's replies
+TITLES = Catalogue(["La La Land (2016)", "Liar Liar (1997)", "Harry Potter and the Chamber of Secrets (2002)", "Up (2009)"])
+POTTER = "Harry Potter and the Chamber of Secrets (2002)"
+
+
+def test_a_title_with_repeated_words_is_no_loop():
+    raw = "You should see <item>La La Land (2016)</item>, it is great."
+    assert not check_reply(raw, ["La La Land (2016)"], "Seeker: hi", TITLES).loop
+    assert ground_reply(raw, ["La La Land (2016)"], "Seeker: hi", TITLES) == Reply(raw, raw, False)
+    untagged = "Liar Liar (1997) is fun. I like it. I like it. I like it. I like it."  # the sentence loops, the title does not
+    assert ground_reply(untagged, ["Liar Liar (1997)"], "Seeker: hi", TITLES).text == "Liar Liar (1997) is fun. I like it."
+
+
+def test_the_same_title_over_and_over_is_still_a_loop():
+    raw = " ".join(["I think <item>Up (2009)</item> is a good one."] * 2)  # a 5-word sequence, the title one word of it
+    assert check_reply(raw, ["Up (2009)"], "Seeker: hi", TITLES).loop
+    assert ground_reply(raw, ["Up (2009)"], "Seeker: hi", TITLES).text == "I think <item>Up (2009)</item> is a good one."
+    assert ground_reply("<item>Up (2009)</item>" * 4, ["Up (2009)"], "Seeker: hi", TITLES).text == "<item>Up (2009)</item>"
+
+
+def test_naming_a_long_title_the_seeker_named_is_no_copy_but_their_sentence_around_it_is():
+    context = f"Seeker: I loved {POTTER} so much, what else is like it?"
+    raw = f"Then watch <item>{POTTER}</item> again!"
+    assert not check_reply(raw, [POTTER], context, TITLES).copied
+    assert ground_reply(raw, [POTTER], context, TITLES).text == raw
+    copy = f"I loved <item>{POTTER}</item> so much, what else is like it? Try <item>Up (2009)</item>."
+    assert check_reply(copy, ["Up (2009)"], context, TITLES).copied
+    assert ground_reply(copy, ["Up (2009)"], context, TITLES).text == "Try <item>Up (2009)</item>."

@@ -8,7 +8,7 @@ import pytest
 from pipeline import templates
 from pipeline.data.ingest import ingest
 from pipeline.encoder import Encoder
-from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR, context_item_lists
+from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR, context_item_lists, dm_choices, score_endings
 from pipeline.settings import ModelSettings, RecommenderSettings
 
 from tests.conftest import RAW
@@ -101,3 +101,39 @@ def test_dialogue_management_scores_an_action_where_generation_names_none(system
     loglik = [s.sum() for s in reficr.lm.score(prompts * len(ACTIONS), endings, max_prompt_length=SETTINGS.prompt_length)]
     assert parse_actions(outputs[0], ACTIONS) == [ACTIONS[int(np.argmax(loglik))]]
     assert reficr.manage(["Seeker: Hi! I want a funny movie for tonight"]) == outputs
+
+
+def test_dm_choices_are_the_frequent_training_sequences():
+    train = [["Recommend", "Explain"]] * 5 + [["Chat"]] * 3 + [["Explain", "Recommend"]] * 1 + [["Request"]] * 1 + [[]]
+    assert dm_choices(train, min_share=0.1) == [["Recommend", "Explain"], ["Chat"], ["Explain", "Recommend"], ["Request"]]
+    assert dm_choices(train, min_share=0.2) == [["Recommend", "Explain"], ["Chat"]]  # 5 and 3 of 10 with an action
+
+
+@pytest.mark.slow
+def test_scoring_endings_on_a_shared_prefix_equals_scoring_each_whole_sequence(system):
+    reficr, _ = system
+    prompt = templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight")
+    endings = ["The user asks. <a>Recommend</a>", "The user asks. <a>Recommend</a><a>Explain</a>", "The user asks. <a>Chat</a>",
+               "Something else entirely"]  # the last shares only the prompt
+    fast = score_endings(reficr.lm, prompt, endings, SETTINGS.prompt_length, 64)
+    whole = [s.sum() for s in reficr.lm.score([prompt] * len(endings), endings, max_prompt_length=SETTINGS.prompt_length)]
+    np.testing.assert_allclose(fast, whole, atol=1e-3)
+    assert len(set(np.round(fast, 3))) == len(endings)  # different endings, different scores
+
+
+@pytest.mark.slow
+def test_dialogue_management_can_choose_two_actions(system):
+    from dataclasses import replace
+
+    from pipeline.instructions import ACTIONS
+    from pipeline.metrics import parse_actions
+
+    reficr, _ = system
+    two = [["Recommend", "Explain"], ["Respond", "Chat"]]
+    chooser = ReFICR(reficr.lm, reficr.corpus, reficr.store, reficr.title, replace(SETTINGS, dm_choices=two))
+    prompts = [templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight")]
+    outputs, scored = chooser.manage_prompts(prompts)
+    explanation = reficr.generate(prompts, SETTINGS.max_new_tokens_dm)[0].split("<a>")[0].rstrip()
+    endings = [f"{explanation} {''.join(f'<a>{a}</a>' for a in c)}".lstrip() for c in two]
+    best = two[int(np.argmax(score_endings(reficr.lm, prompts[0], endings, SETTINGS.prompt_length, SETTINGS.max_new_tokens_dm + 64)))]
+    assert scored == [True] and parse_actions(outputs[0], ACTIONS) == best and len(best) == 2

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -214,6 +215,53 @@ def test_a_failed_block_leaves_the_previous_output(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def _dead_pid() -> int:
+    """A process id that has just exited (not reused within the test)."""
+    done = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def test_recover_removes_only_this_targets_temporaries_of_dead_local_processes(tmp_path):
+    from pipeline.io import HOST
+
+    dead = _dead_pid()
+    (tmp_path / "out").mkdir()
+    leftovers = {
+        f".out.{dead}@{HOST}.abc_12.tmp": False,  # a dead writer of "out": removed
+        f".out.{dead}@{HOST}.discard.tmp": False,  # a delete that was killed mid-way: removed
+        f".out.{os.getpid()}@{HOST}.live.tmp": True,  # a live writer (this process)
+        f".out.{dead}@otherhost.abc.tmp": True,  # another host's process: its pid means nothing here
+        f".out.5.{dead}@{HOST}.abc.tmp": True,  # a temporary of the sibling output "out.5"
+    }
+    for name in leftovers:
+        (tmp_path / name).mkdir()
+    recover(tmp_path / "out")
+    assert {name: (tmp_path / name).exists() for name in leftovers} == leftovers
+
+
+def test_a_checkpoint_that_fails_to_write_leaves_no_temporary(tmp_path, monkeypatch):
+    from pipeline import training
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    class Loop:  # what save_checkpoint reads of a TrainLoop, the real method on it
+        out_dir, step, fingerprint, extra_params = tmp_path, 3, "f", {}
+        config = training.TrainConfig(steps=3, lr=1e-3)
+
+    monkeypatch.setattr(training, "save_file", fail)
+    (tmp_path / training.CHECKPOINT).mkdir()
+    (tmp_path / training.CHECKPOINT / "state.json").write_text("previous")
+    loop = Loop()
+    loop.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    loop.accelerator = type("A", (), {"unwrap_model": staticmethod(lambda m: m)})()
+    loop.lm = type("L", (), {"model": type("M", (), {"save_pretrained": lambda self, path, **kw: Path(path).mkdir()})()})()
+    with pytest.raises(ReficrError, match="no space left"):
+        training.TrainLoop.save_checkpoint(loop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [training.CHECKPOINT]
+    assert (tmp_path / training.CHECKPOINT / "state.json").read_text() == "previous"
 
 
 def _tiny_repo(dest: Path) -> Path:

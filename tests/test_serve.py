@@ -226,6 +226,33 @@ def test_concurrent_clients_all_get_their_own_correct_answer(live_server):
     assert [results.get(i) for i in range(4)] == [alone[i % 2] for i in range(4)]
 
 
+def test_health_answers_while_the_model_is_busy_and_a_full_queue_is_refused_at_once(tiny_service, monkeypatch):
+    from pipeline.serve import create_app
+
+    entered, release = threading.Event(), threading.Event()
+    respond = tiny_service.system.respond
+
+    def slow(*args, **kwargs):  # the real reply, held until the test lets it go
+        entered.set()
+        release.wait(timeout=120)
+        return respond(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_service.system, "respond", slow)
+    with TestClient(create_app(tiny_service, max_queue=0)) as client:
+        first: dict = {}
+        worker = threading.Thread(target=lambda: first.update(status=post(client, {"context": SUPERBAD, "force_recommend": True})[0]))
+        worker.start()
+        assert entered.wait(timeout=120)  # the model is busy with the first request
+        try:
+            assert client.get("/healthz").status_code == 200 and client.get("/").status_code == 200
+            status, answer = post(client, {"context": SUPERBAD})
+            assert status == 503 and "already waiting" in answer["detail"]
+        finally:
+            release.set()
+            worker.join(timeout=300)
+    assert first == {"status": 200}
+
+
 # ----------------------------------------------------------------------------- property-based: schemathesis
 # schemathesis' lazy pytest plugin (``schemathesis.pytest.from_fixture``) reads ``request.node._nodeid``, which
 # pytest 9 removed; the test drives each operation's hypothesis strategy itself instead.
