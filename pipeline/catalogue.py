@@ -11,11 +11,11 @@ embeddings (the un-tuned base model's, from ``embed_base_items``), with gradient
 
 ``bias_i`` (optional, ``finetune.item_bias``) is one learned number per item with its own learning rate: the
 item side has to move for the softmax to separate items the base model embeds alike, and a bias is the
-cheapest way (an extension of the paper's model; report it as such). It starts at 0 or (``item_bias_init: log_count``)
-at log(1 + the item's training-split recommendation count): the log of the catalogue's marginal, which is
-what a context-free softmax converges to, so training spends its few steps on what the context adds to
-popularity instead of first re-learning popularity (training-split counts only; validation and test unseen). The query's other gold items are masked
-out of its negatives. Retrieval then ranks by ``cos(query, item) + temperature * bias`` against the same table,
+cheapest way (an extension of the paper's model; report it as such). It starts at 0 or (``item_bias_init:
+log_count``) at log(1 + the item's training-split recommendation count): the log of the catalogue's marginal,
+which is what a context-free softmax converges to, so training spends its few steps on what the context adds
+to popularity instead of first re-learning popularity (training-split counts only). The query's other gold
+items are masked out of its negatives. Retrieval then ranks by ``cos(query, item) + temperature * bias`` against the same table,
 so training and inference score items the same way (``pipeline.recommender.ItemCorpus`` takes the bias).
 """
 

@@ -23,6 +23,7 @@ import glob
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -92,7 +93,7 @@ def _discard(path: Path, target: Path) -> None:
     temporary that ``recover(target)`` removes, never a partial ``.old`` that it could restore."""
     if not path.exists():
         return
-    doomed = path.parent / f"{_tmp_prefix(target)}discard.tmp"
+    doomed = path.parent / f"{_tmp_prefix(target)}{secrets.token_hex(4)}.tmp"
     os.replace(path, doomed)
     _remove(doomed)
 

@@ -11,10 +11,10 @@
 
 One process holds one model. Generation is not thread-safe, so model calls are serialized by a lock: concurrent
 requests wait their turn (up to ``queue_timeout_s``, then 503; beyond ``max_queue`` waiting, 503 at once). The
-page and ``/healthz`` are answered on the event loop, never behind queued model calls. Bad requests get a 4xx naming the problem and
-what is allowed (422 from the request schema, 413 for a body over ``max_body_bytes``); a failure inside the
-model gets a 500 whose ``request_id`` is also in the server log. To scale out, run more processes behind a
-load balancer (DESIGN.md section 10): the service keeps no state between requests.
+page and ``/healthz`` are answered on the event loop, never behind queued model calls. Bad requests get a 4xx
+naming the problem and what is allowed (422 from the request schema, 413 for a body over ``max_body_bytes``); a
+failure inside the model gets a 500 whose ``request_id`` is also in the server log. To scale out, run more
+processes behind a load balancer (DESIGN.md section 10): the service keeps no state between requests.
 """
 
 import json

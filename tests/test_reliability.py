@@ -230,7 +230,7 @@ def test_recover_removes_only_this_targets_temporaries_of_dead_local_processes(t
     (tmp_path / "out").mkdir()
     leftovers = {
         f".out.{dead}@{HOST}.abc_12.tmp": False,  # a dead writer of "out": removed
-        f".out.{dead}@{HOST}.discard.tmp": False,  # a delete that was killed mid-way: removed
+        f".out.{dead}@{HOST}.0a1b2c3d.tmp": False,  # a delete (renamed first) that was killed mid-way: removed
         f".out.{os.getpid()}@{HOST}.live.tmp": True,  # a live writer (this process)
         f".out.{dead}@otherhost.abc.tmp": True,  # another host's process: its pid means nothing here
         f".out.5.{dead}@{HOST}.abc.tmp": True,  # a temporary of the sibling output "out.5"
