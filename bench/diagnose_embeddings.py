@@ -32,7 +32,7 @@ def embed(lm: RetrievableLM, texts, instruction, max_length, causal, side="right
     with torch.inference_mode():
         for start in range(0, len(texts), 16):
             batch = tokenized[start:start + 16]
-            ids, mask = lm._pad([s for s, _ in batch], side="right")
+            ids, mask = lm.pad([s for s, _ in batch], side="right")
             pool = mask.clone()
             for row, (_, n) in enumerate(batch):
                 pool[row, :n] = 0

@@ -13,6 +13,13 @@ from collections.abc import Iterable
 
 import bm25s
 import numpy as np
+import pandas as pd
+
+
+def training_gold(rec_turns: pd.DataFrame) -> list[list[str]]:
+    """Gold items of the training split's recommender turns (all of them, not the capped instruction rows): what
+    popularity, the item-bias start and ``retrieval+prior`` count."""
+    return [list(g) for g in rec_turns[rec_turns["split"] == "train"]["gold_item_ids"]]
 
 
 def item_counts(train_gold: Iterable[Iterable[str]], corpus: Iterable[str]) -> np.ndarray:

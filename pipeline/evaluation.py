@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schemas, templates
-from pipeline.baselines import BM25Retriever, context_echo, item_counts, popularity_ranking
+from pipeline.baselines import BM25Retriever, context_echo, item_counts, popularity_ranking, training_gold
 from pipeline.data.items import item_titles
 from pipeline.instructions import ACTIONS, cap
 from pipeline.metrics import (Instance, dedup, dialogue_management_metrics, distinct_n, majority_action_set, paired_difference,
@@ -64,7 +64,7 @@ class EvalData:
     turns_valid: pd.DataFrame  # settings are chosen here (retrieval+prior's beta), never on test
     turns_test: pd.DataFrame
     responses_test: pd.DataFrame
-    dm_train: pd.DataFrame | None  # IARD training turns (the majority-action baseline)
+    dm_train: pd.DataFrame  # IARD training turns (the majority-action baseline; DM's choices)
     dm_test: pd.DataFrame | None  # IARD held-out turns (evaluated with ReDial only)
 
     @classmethod
@@ -79,9 +79,9 @@ class EvalData:
 
         return cls(dataset, schemas.read_table(interim / "items.parquet", schemas.ITEMS),
                    schemas.read_table(interim / "dialogues.parquet", schemas.DIALOGUES),
-                   [list(g) for g in rec_turns[rec_turns.split == "train"].gold_item_ids],
+                   training_gold(rec_turns),
                    turns("turns_train.parquet"), turns("turns_valid.parquet"), turns("turns_test.parquet"),
-                   turns("response_test.parquet"), pd.read_parquet(instructions / "dm_train.parquet") if with_dm else None,
+                   turns("response_test.parquet"), pd.read_parquet(instructions / "dm_train.parquet"),
                    pd.read_parquet(instructions / "dm_test.parquet") if with_dm else None)
 
 
@@ -191,6 +191,12 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def choose_beta(tried: dict[float, float], decimals: int = 9) -> float:
+    """The beta of the best validation score; scores equal to ``decimals`` places are a tie, won by the smaller
+    beta (the same hits summed in another order differ in the last bits: float noise must not pick the prior)."""
+    return max(tried, key=lambda b: (round(tried[b], decimals), -b))
+
+
 def _retrieval_prior(run: EvalRun) -> list[list[str]]:
     """cosine / temperature + beta * log(1 + training count), beta chosen on the validation split (Recall@10 + @50)."""
     item_ids = run.data.items["item_id"].tolist()
@@ -205,7 +211,7 @@ def _retrieval_prior(run: EvalRun) -> list[list[str]]:
         for beta in s.prior_betas:  # the mean of Recall@10 and @k per item (equal sample counts)
             recall = recall_per_item(valid_scores + beta * prior, gold_rows, ks=(10, k))
             tried[beta] = (recall["recall@10"] + recall[f"recall@{k}"]) / 2 if recall["n"] else 0.0
-    beta = max(s.prior_betas, key=lambda b: (tried[b], -b))
+    beta = choose_beta(tried)
     run.extra_metrics.update({"retrieval+prior.beta": beta, "retrieval+prior.validation_n": len(valid)}
                              | {f"retrieval+prior.validation_recall@10_50.beta={b}": v for b, v in tried.items()})
     log.info("retrieval+prior: validation Recall (mean of @10 and @%d) per beta %s -> beta %s", k, tried, beta)

@@ -245,7 +245,8 @@ class RetrievableLM:
                 out.append((prefix + ids, len(prefix)))
         return out
 
-    def _pad(self, sequences: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad(self, sequences: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id rows padded to the longest (on the ``side`` given) and their attention mask, on the model's device."""
         width = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(sequences), width), pad, dtype=torch.long)
@@ -261,7 +262,7 @@ class RetrievableLM:
 
     def encode(self, batch: list[tuple[list[int], int]]) -> torch.Tensor:
         """Pooled, L2-normalised embeddings of one tokenized batch, with gradients when training."""
-        ids, mask = self._pad([seq for seq, _ in batch], side="right")
+        ids, mask = self.pad([seq for seq, _ in batch], side="right")
         pool = mask.clone()
         for row, (_, n_prefix) in enumerate(batch):
             pool[row, :n_prefix] = 0
@@ -325,7 +326,7 @@ class RetrievableLM:
 
     def target_logprobs(self, batch: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position log-probabilities of the target tokens and their mask (batch, length - 1)."""
-        ids, mask = self._pad([seq for seq, _ in batch], side="right")
+        ids, mask = self.pad([seq for seq, _ in batch], side="right")
         labels_mask = mask.clone()
         for row, (_, n_prompt) in enumerate(batch):
             labels_mask[row, :n_prompt] = 0
@@ -381,7 +382,7 @@ class RetrievableLM:
         batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
         show = progress if progress is not None else len(batches) > 10
         for chunk in tqdm(batches, desc="generate", unit="batch", disable=not show):
-            ids, mask = self._pad([encoded[i] for i in chunk], side="left")
+            ids, mask = self.pad([encoded[i] for i in chunk], side="left")
             output = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,

@@ -70,7 +70,7 @@ def score_endings(lm: RetrievableLM, prompt: str, targets: list[str], max_prompt
     head_logp = torch.log_softmax(head.logits[0].float(), dim=-1)
     common = sum(float(head_logp[p - 1, seqs[0][p]]) for p in range(max(n_prompt, 1), shared))
     tails = [s[shared:] for s in seqs]
-    ids, mask = lm._pad(tails, side="right")  # on the model's device
+    ids, mask = lm.pad(tails, side="right")  # on the model's device
     cache = head.cache
     cache.batch_repeat_interleave(len(targets))
     attention = torch.cat([torch.ones(len(targets), shared, dtype=mask.dtype, device=device), mask], dim=1)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schemas
-from pipeline.baselines import item_counts
+from pipeline.baselines import item_counts, training_gold
 from pipeline.base_model import MANIFEST
-from pipeline.catalogue import CatalogueTask, catalogue_tasks
+from pipeline.catalogue import ITEM_TABLES, CatalogueTask, catalogue_tasks, item_table
 from pipeline.errors import ParamError
 from pipeline.training import LossFn, TrainConfig, TrainLoop, Validator, run_fingerprint
 from stages._common import ROOT
@@ -28,27 +28,28 @@ def read_items() -> dict[str, pd.DataFrame]:
 
 
 def catalogue_objective(params: dict, section: str, conv2item: pd.DataFrame, items: dict[str, pd.DataFrame]) -> list[CatalogueTask]:
-    """``params[section]``'s Conv2Item catalogue tasks against the base model's item tables (``embed_base_items``),
-    or none when the section trains the paper's Conv2Item objective."""
+    """``params[section]``'s Conv2Item catalogue tasks against the base model's item tables (``embed_base_items``,
+    as ``item_table`` transforms them), or none when the section trains the paper's Conv2Item objective."""
     s = params[section]
     if s["retrieval_objective"] not in OBJECTIVES[section]:
         raise ParamError(f"params.yaml: {section}.retrieval_objective {s['retrieval_objective']!r}; "
                          f"expected one of {', '.join(OBJECTIVES[section])}")
     if s["item_bias_init"] not in BIAS_STARTS:
         raise ParamError(f"params.yaml: {section}.item_bias_init {s['item_bias_init']!r}; expected one of {', '.join(BIAS_STARTS)}")
+    if s["item_table"] not in ITEM_TABLES:
+        raise ParamError(f"params.yaml: {section}.item_table {s['item_table']!r}; expected one of {', '.join(ITEM_TABLES)}")
     if s["retrieval_objective"] != "catalogue":
         return []
-    tables = {d: np.load(ROOT / f"data/embeddings/base/{d}_items.npy", allow_pickle=False) for d in DATASETS}
+    tables = {d: item_table(np.load(ROOT / f"data/embeddings/base/{d}_items.npy", allow_pickle=False), s["item_table"])
+              for d in DATASETS}
     starts = None
     if s["item_bias"] and s["item_bias_init"] == "log_count":
-        starts = {d: np.log1p(item_counts(training_gold(d), items[d]["item_id"])) for d in DATASETS}
+        starts = {d: np.log1p(item_counts(training_gold(read_rec_turns(d)), items[d]["item_id"])) for d in DATASETS}
     return catalogue_tasks(conv2item, items, tables, s["item_bias"], bias_init=starts)
 
 
-def training_gold(dataset: str) -> list[list[str]]:
-    """Gold items of the training split's recommender turns (all of them, not the capped instruction rows)."""
-    turns = schemas.read_table(ROOT / f"data/interim/{dataset}/rec_turns.parquet", schemas.REC_TURNS)
-    return [list(g) for g in turns[turns["split"] == "train"]["gold_item_ids"]]
+def read_rec_turns(dataset: str) -> pd.DataFrame:
+    return schemas.read_table(ROOT / f"data/interim/{dataset}/rec_turns.parquet", schemas.REC_TURNS)
 
 
 def train_config(params: dict, section: str) -> TrainConfig:

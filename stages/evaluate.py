@@ -28,10 +28,10 @@ log = logging.getLogger("stages.evaluate")
 BASE = ROOT / "models/base"
 
 
-def recommender_settings(params: dict) -> RecommenderSettings:
-    """The workflow's settings; dialogue management chooses among the training split's action sequences."""
+def recommender_settings(params: dict, dm_train: pd.DataFrame) -> RecommenderSettings:
+    """The workflow's settings; dialogue management chooses among the action sequences of ``dm_train`` (the
+    training split's)."""
     ranking, ev, ln, ins = params["ranking"], params["eval"], params["lengths"], params["instructions"]
-    dm_train = pd.read_parquet(ROOT / "data/instructions/dm_train.parquet", columns=["actions"])
     return RecommenderSettings(
         candidates=ranking["candidates"], knowledge_utterances=ranking["knowledge_utterances"], top_k=ev["top_k"],
         items_in_response=ranking["items_in_response"], query_length=ln["query"], document_length=ln["document"],
@@ -65,8 +65,8 @@ def write_outputs(dataset: str, result: EvalResult, model: ModelSettings) -> Non
 def main(dataset: str) -> None:
     setup_logging()
     params = load_params()
-    model, settings = model_settings(params), recommender_settings(params)
     data = EvalData.read(ROOT, dataset, with_dm=dataset == "redial")
+    model, settings = model_settings(params), recommender_settings(params, data.dm_train)
     base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)
     items, bias = trained_item_side(ROOT / "models/reficr", dataset, base_items)
     run = EvalRun(data, lambda: build_system(model.load(BASE), data, settings, base_items),

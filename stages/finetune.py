@@ -60,7 +60,8 @@ def main() -> None:
     objective = FinetuneObjective(retrieval, generation, f["retrieval_batch"], f["generation_batch"], f["temperature"],
                                   lengths(params), f["lambda_cl"], f["lambda_gen"], f["in_batch_negatives"],
                                   catalogue, f["catalogue_batch"])
-    extra = {"negatives": params["negatives"], "retrieval_objective": f["retrieval_objective"], "temperature": f["temperature"]}
+    extra = {"negatives": params["negatives"], "retrieval_objective": f["retrieval_objective"], "temperature": f["temperature"],
+             "item_table": f["item_table"]}
     train_adapter(params, "finetune", USED, INPUTS + VALIDATION_INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)
     log.info("ReFICR written to models/reficr")
 

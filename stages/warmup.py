@@ -30,7 +30,8 @@ def main() -> None:
     catalogue = catalogue_objective(params, "warmup", conv2item, read_items())
     tasks = [t for t in warmup_tasks(conv2item, conv2conv) if not (catalogue and t.name == "conv2item")]
     objective = WarmupObjective(tasks, w["batch_size"], w["temperature"], lengths(params), catalogue, w["catalogue_batch"])
-    extra = {"retrieval_objective": w["retrieval_objective"], "temperature": w["temperature"]}
+    extra = {"retrieval_objective": w["retrieval_objective"], "temperature": w["temperature"],
+             "item_table": w["item_table"]}
     inputs = INPUTS + (CATALOGUE_INPUTS if catalogue else ())
     train_adapter(params, "warmup", ("seed", "model", "lengths", "warmup"), inputs, objective, "models/init", extra,
                   tensor_file=BIAS_FILE)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from pipeline.baselines import BM25Retriever, context_echo, popularity_ranking
+import numpy as np
+import pandas as pd
+
+from pipeline.baselines import BM25Retriever, context_echo, item_counts, popularity_ranking, training_gold
 
 
 def test_popularity_counts_training_recommendations_ties_in_corpus_order():
     corpus = ["a", "b", "c", "d"]
     train_gold = [["c"], ["b", "c"], ["b"], ["c"], ["x"]]  # c: 3, b: 2, a and d: 0, x is not in the corpus
     assert popularity_ranking(train_gold, corpus) == ["c", "b", "a", "d"]
+
+
+def test_training_gold_reads_only_the_training_split_and_feeds_the_counts():
+    rec_turns = pd.DataFrame({"split": ["train", "valid", "train", "test", "train"],
+                              "gold_item_ids": [["a"], ["b"], ["b", "a"], ["a"], np.array(["c"])]})
+    gold = training_gold(rec_turns)
+    assert gold == [["a"], ["b", "a"], ["c"]]  # valid and test turns never count
+    assert item_counts(gold, ["a", "b", "c", "d"]).tolist() == [2, 1, 1, 0]
 
 
 def test_context_echo_most_recent_first_then_popularity_without_repeats():

@@ -79,3 +79,29 @@ def test_item_negatives_follow_the_learned_bias_of_a_catalogue_trained_init(tmp_
         trained_item_side(tmp_path, "toy", ITEMS[:3])
     (tmp_path / "reficr_adapter.json").write_text(json.dumps({"retrieval_objective": "in_batch", "temperature": 0.5}))
     assert trained_item_side(tmp_path, "toy", ITEMS) == (None, None)  # the adapter embeds the items itself
+
+
+def test_a_centred_item_table_spreads_an_anisotropic_catalogue_and_is_scored_as_trained(tmp_path):
+    """``item_table: centered``: the table minus its mean, rows re-normalised; an adapter whose manifest says so
+    gets the same transform back from trained_item_side, wherever it is scored (mining, evaluation, chat)."""
+    import json
+
+    from pipeline.catalogue import item_table, trained_item_side
+    from pipeline.errors import DataError
+
+    # three items in a narrow cone around (1, 0): raw cosines 0.98 / 0.92, centred they point apart
+    raw = unit([1, 0.2], [1, -0.2], [1, 0.0])
+    centred = item_table(raw, "centered")
+    mean = raw.mean(axis=0)
+    expected = (raw - mean) / np.linalg.norm(raw - mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(centred, expected, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1.0, atol=1e-6)
+    assert float(raw[0] @ raw[1]) > 0.9 and float(centred[0] @ centred[1]) < -0.9  # the cone opened up
+    assert item_table(raw, "base") is raw
+    with pytest.raises(DataError, match="item table 'whitened'"):
+        item_table(raw, "whitened")
+    (tmp_path / "reficr_adapter.json").write_text(json.dumps({"retrieval_objective": "catalogue", "temperature": 0.5,
+                                                              "item_table": "centered"}))
+    table, bias = trained_item_side(tmp_path, "toy", raw)
+    np.testing.assert_allclose(table, expected, atol=1e-6)
+    assert bias is None  # no bias file: cosine alone
