@@ -133,7 +133,10 @@ def trained_item_side(model_dir: str | Path, dataset: str, base_items: np.ndarra
     manifest = json.loads((model_dir / ADAPTER_MANIFEST).read_text())
     if manifest.get("retrieval_objective") != "catalogue":
         return None, None
-    table = item_table(base_items, manifest.get("item_table", "base"))  # adapters from before the option: base
+    kind = manifest.get("item_table", "base")  # adapters from before the option: base
+    if kind not in ITEM_TABLES:
+        raise DataError(f"{model_dir / ADAPTER_MANIFEST}: item_table {kind!r}; expected one of {', '.join(ITEM_TABLES)}")
+    table = item_table(base_items, kind)
     bias_file = model_dir / BIAS_FILE
     if not bias_file.exists():
         return table, None

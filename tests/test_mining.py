@@ -105,3 +105,7 @@ def test_a_centred_item_table_spreads_an_anisotropic_catalogue_and_is_scored_as_
     table, bias = trained_item_side(tmp_path, "toy", raw)
     np.testing.assert_allclose(table, expected, atol=1e-6)
     assert bias is None  # no bias file: cosine alone
+    (tmp_path / "reficr_adapter.json").write_text(json.dumps({"retrieval_objective": "catalogue", "temperature": 0.5,
+                                                              "item_table": "whitened"}))
+    with pytest.raises(DataError, match=r"reficr_adapter.json: item_table 'whitened'"):
+        trained_item_side(tmp_path, "toy", raw)
