@@ -8,10 +8,15 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable
 
-import bm25s
+# bm25s imports JAX where it is installed (for its top-k), and JAX on a GPU machine takes 75% of the GPU's memory
+# the moment it starts: the training and evaluation stages then run out of memory (seen on an H100). BM25's top-k
+# is small work on the CPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import bm25s  # noqa: E402
 import numpy as np
 import pandas as pd
 

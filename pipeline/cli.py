@@ -1,6 +1,6 @@
 """The ``reficr`` command line: a thin layer over the library.
 
-    reficr profile tiny            # make params.yaml the tiny / small / gritlm-7b profile
+    reficr profile tiny            # make params.yaml the tiny / small / small-gpu / gritlm-7b profile
     reficr data download           # raw files into data/raw (REFICR_DATA_MIRROR=<folder> for a mirror)
     reficr data ingest redial      # one dataset's raw files -> data/interim/redial
     reficr recommend --dataset redial --input conversations.jsonl --output out.jsonl
@@ -33,11 +33,11 @@ app = _App(help="reficr: one retrievable LLM for conversational recommendation (
 data_app = typer.Typer(help="Raw data: download and ingest.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-PROFILES = ("small", "tiny", "gritlm-7b")
+PROFILES = ("small", "small-gpu", "tiny", "gritlm-7b")
 
 
 @app.command()
-def profile(name: str = typer.Argument(..., help="small | tiny | gritlm-7b"),
+def profile(name: str = typer.Argument(..., help="small | small-gpu | tiny | gritlm-7b"),
             root: Path = typer.Option(Path("."), help="project root")) -> None:
     """Write the named profile to params.yaml (small is the default shipped in profiles/small.yaml)."""
     if name not in PROFILES:

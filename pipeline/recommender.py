@@ -20,6 +20,7 @@ from typing import Callable, ContextManager
 import numpy as np
 import pandas as pd
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pipeline import templates
 from pipeline.catalogue import rank_scores
@@ -43,6 +44,9 @@ RUN_MANIFEST = "recommender.json"
 ITEMS_FILE, BIAS_FILE, CONVERSATIONS_FILE = "reficr_items.npy", "reficr_item_bias.npy", "reficr_conversations.npy"
 # dialogue management chooses among the action sequences of at least this share of the training turns
 DM_CHOICE_MIN_SHARE = 0.01
+# the key/value cache's name in model outputs and forward arguments: `cache` since transformers 5.2x, `past_key_values`
+# before (the GPU machines' image has 5.17; the old name is deprecated in 5.24 and due to go)
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 DM_TAG_TOKENS = 64  # room for the <a>Action</a> tags after a generated explanation (three actions take ~25 tokens)
 
 
@@ -71,10 +75,10 @@ def score_endings(lm: RetrievableLM, prompt: str, targets: list[str], max_prompt
     common = sum(float(head_logp[p - 1, seqs[0][p]]) for p in range(max(n_prompt, 1), shared))
     tails = [s[shared:] for s in seqs]
     ids, mask = lm.pad(tails, side="right")  # on the model's device
-    cache = head.cache
+    cache = getattr(head, CACHE_FIELD)
     cache.batch_repeat_interleave(len(targets))
     attention = torch.cat([torch.ones(len(targets), shared, dtype=mask.dtype, device=device), mask], dim=1)
-    logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=attention, cache=cache).logits.float(), dim=-1)
+    logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=attention, **{CACHE_FIELD: cache}).logits.float(), dim=-1)
     first = head_logp[-1].gather(0, ids[:, 0])
     rest = (logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) * mask[:, 1:]).sum(dim=1)
     lm.model.train(was_training)

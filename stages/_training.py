@@ -10,6 +10,7 @@ from pipeline.baselines import item_counts, training_gold
 from pipeline.base_model import MANIFEST
 from pipeline.catalogue import ITEM_TABLES, CatalogueTask, catalogue_tasks, item_table
 from pipeline.errors import ParamError
+from pipeline.model import resolve_device
 from pipeline.training import LossFn, TrainConfig, TrainLoop, Validator, run_fingerprint
 from stages._common import ROOT
 from stages._params import lora, model_settings
@@ -45,7 +46,8 @@ def catalogue_objective(params: dict, section: str, conv2item: pd.DataFrame, ite
     starts = None
     if s["item_bias"] and s["item_bias_init"] == "log_count":
         starts = {d: np.log1p(item_counts(training_gold(read_rec_turns(d)), items[d]["item_id"])) for d in DATASETS}
-    return catalogue_tasks(conv2item, items, tables, s["item_bias"], bias_init=starts)
+    return catalogue_tasks(conv2item, items, tables, s["item_bias"], device=resolve_device(params["model"]["device"]),
+                           bias_init=starts)
 
 
 def read_rec_turns(dataset: str) -> pd.DataFrame:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -40,3 +45,17 @@ def test_bm25_ranks_the_item_that_shares_the_rare_words_first():
     assert lists[0][0] == "alien" and lists[1][0] == "up"
     assert all(sorted(lst) == sorted(ids) for lst in lists)  # k is capped at the corpus size, every item listed once
     assert lists[2] == ids  # no shared term: ties broken by corpus order, deterministically
+
+
+def test_bm25s_is_imported_with_jax_kept_off_the_gpu():
+    """bm25s imports JAX where it is installed, and JAX on a GPU takes 75% of its memory at start (an H100 run ran
+    out of memory at the first training step): importing our baselines keeps JAX on the CPU unless told otherwise."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    code = "import os, pipeline.baselines; print(os.environ['JAX_PLATFORMS'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "cpu"
+    env["JAX_PLATFORMS"] = "cuda"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "cuda"

@@ -19,7 +19,7 @@ def keys(tree, prefix=""):
     return out
 
 
-@pytest.mark.parametrize("name", ["small", "tiny", "gritlm-7b"])
+@pytest.mark.parametrize("name", ["small", "small-gpu", "tiny", "gritlm-7b"])
 def test_profile_has_the_default_keys(name):
     default = yaml.safe_load((ROOT / "profiles/small.yaml").read_text())
     profile = yaml.safe_load((ROOT / f"profiles/{name}.yaml").read_text())
