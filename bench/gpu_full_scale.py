@@ -41,9 +41,9 @@ def stage_graph(dvc_yaml: Path) -> list[dict]:
             def fill(text: str) -> str:
                 return text.replace("${item}", str(item)) if item is not None else text
 
-            outs = [fill(o if isinstance(o, str) else next(iter(o))) for o in stage.get("outs", [])]
-            outs += [fill(p if isinstance(p, str) else next(iter(p))) for p in stage.get("plots", [])]
-            outs += [fill(m if isinstance(m, str) else next(iter(m))) for m in stage.get("metrics", [])]
+            # an out, plot or metric is a path, or a one-key mapping {path: options}
+            outs = [fill(o if isinstance(o, str) else next(iter(o)))
+                    for key in ("outs", "plots", "metrics") for o in stage.get(key, [])]
             stages.append({"name": full, "cmd": fill(stage["cmd"]), "deps": [fill(d) for d in stage.get("deps", [])],
                            "outs": outs})
     return stages
@@ -117,7 +117,7 @@ def override(params: dict, assignment: str) -> None:
     node[last] = yaml.safe_load(value)
 
 
-def prepare(run: Path, profile: Path, gguf: str | None, interim: Path | None, overrides: list[str]) -> dict:
+def prepare(run: Path, profile: Path, gguf: str | None, interim: Path | None, overrides: list[str]) -> None:
     run.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load(profile.read_text())
     for assignment in overrides:
@@ -127,7 +127,6 @@ def prepare(run: Path, profile: Path, gguf: str | None, interim: Path | None, ov
     (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if interim is not None:
         shutil.copytree(interim, run / "data/interim", dirs_exist_ok=True)
-    return params
 
 
 def run_stages(stages: list[dict], run: Path, deadline: float, reserve_s: float) -> list[dict]:

@@ -50,12 +50,11 @@ def test_bm25_ranks_the_item_that_shares_the_rare_words_first():
 def test_bm25s_is_imported_with_jax_kept_off_the_gpu():
     """bm25s imports JAX where it is installed, and JAX on a GPU takes 75% of its memory at start (an H100 run ran
     out of memory at the first training step): importing our baselines keeps JAX on the CPU unless told otherwise."""
-    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-    code = "import os, pipeline.baselines; print(os.environ['JAX_PLATFORMS'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent)
-    assert out.stdout.strip() == "cpu"
-    env["JAX_PLATFORMS"] = "cuda"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent)
-    assert out.stdout.strip() == "cuda"
+    def jax_platforms(**env: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"} | env
+        code = "import os, pipeline.baselines; print(os.environ['JAX_PLATFORMS'])"
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+
+    assert jax_platforms() == "cpu"
+    assert jax_platforms(JAX_PLATFORMS="cuda") == "cuda"  # an explicit choice stands
