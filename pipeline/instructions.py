@@ -5,6 +5,8 @@ Tables written per split (``train``/``valid``/``test``), both recommendation dat
 - ``turns``: the recommendation instances (one per rec_turn) with their rendered context ``query``; the
   canonical queries for mining, ranking and evaluation;
 - ``conv2item``: (context, description of one gold item) pairs, one per (turn, gold item);
+- ``catalogue`` (train only): the Conv2Item pairs of *every* training turn, uncapped: the queries of the
+  catalogue objective (``pipeline.catalogue``), whose cost does not grow with them (no mining, no documents);
 - ``conv2conv``: (context, another *training* context that shares a gold item, from another dialogue);
   test and valid contexts are never documents;
 - ``dm`` (IARD): dialogue-management prompt -> deterministic explanation + ``<a>Action</a>`` tags;
@@ -12,7 +14,8 @@ Tables written per split (``train``/``valid``/``test``), both recommendation dat
   mention wrapped in ``<item>...</item>``; every recommender turn, with or without items.
 Ranking instances need INIT embeddings and are built by ``mine_negatives``.
 
-Caps are parameters (``max_train_turns`` per dataset, ``max_dm``, ``max_response``), applied by a seeded
+Caps are parameters (``max_train_turns`` per dataset: the turns that are mined, ranked and kept as Conv2Conv
+knowledge; ``max_dm``, ``max_response``), applied by a seeded
 hash of the instance id, so a cap selects the same instances on every run; the report counts every task
 before and after its cap.
 """
@@ -198,6 +201,8 @@ def build_instruction_tables(rec_data: dict[str, tuple[pd.DataFrame, pd.DataFram
         train_all = turns[turns.split == "train"]
         train = cap(train_all, caps.max_train_turns[dataset], caps.seed)
         responses = build_response(dataset, dialogues, items, limits)
+        every_pair = build_conv2item(train_all.reset_index(drop=True), items)
+        add("catalogue", "train", dataset, every_pair, len(every_pair))
         for split in ("train", "valid", "test"):
             split_turns = train if split == "train" else turns[turns.split == split].reset_index(drop=True)
             add("turns", split, dataset, split_turns, len(train_all) if split == "train" else len(split_turns))

@@ -18,7 +18,8 @@ from stages._params import lora, model_settings
 BASE = ROOT / "models/base"
 DATASETS = ("redial", "inspired")
 # what the catalogue objective reads (also fingerprinted: a checkpoint resumes only on the same inputs)
-CATALOGUE_INPUTS = tuple(f"data/embeddings/base/{d}_items.npy" for d in DATASETS) + tuple(
+CATALOGUE_PAIRS = "data/instructions/catalogue_train.parquet"  # Conv2Item pairs of every training turn (uncapped)
+CATALOGUE_INPUTS = (CATALOGUE_PAIRS,) + tuple(f"data/embeddings/base/{d}_items.npy" for d in DATASETS) + tuple(
     f"data/interim/{d}/items.parquet" for d in DATASETS) + tuple(f"data/interim/{d}/rec_turns.parquet" for d in DATASETS)
 OBJECTIVES = {"warmup": ("in_batch", "catalogue"), "finetune": ("mined", "catalogue")}
 BIAS_STARTS = ("zero", "log_count")
@@ -28,9 +29,10 @@ def read_items() -> dict[str, pd.DataFrame]:
     return {d: schemas.read_table(ROOT / f"data/interim/{d}/items.parquet", schemas.ITEMS) for d in DATASETS}
 
 
-def catalogue_objective(params: dict, section: str, conv2item: pd.DataFrame, items: dict[str, pd.DataFrame]) -> list[CatalogueTask]:
+def catalogue_objective(params: dict, section: str, items: dict[str, pd.DataFrame]) -> list[CatalogueTask]:
     """``params[section]``'s Conv2Item catalogue tasks against the base model's item tables (``embed_base_items``,
-    as ``item_table`` transforms them), or none when the section trains the paper's Conv2Item objective."""
+    as ``item_table`` transforms them), their queries every training turn (``CATALOGUE_PAIRS``, not only the
+    ``instructions.max_train_turns`` that are mined), or none when the section trains the paper's Conv2Item objective."""
     s = params[section]
     if s["retrieval_objective"] not in OBJECTIVES[section]:
         raise ParamError(f"params.yaml: {section}.retrieval_objective {s['retrieval_objective']!r}; "
@@ -46,7 +48,7 @@ def catalogue_objective(params: dict, section: str, conv2item: pd.DataFrame, ite
     starts = None
     if s["item_bias"] and s["item_bias_init"] == "log_count":
         starts = {d: np.log1p(item_counts(training_gold(read_rec_turns(d)), items[d]["item_id"])) for d in DATASETS}
-    return catalogue_tasks(conv2item, items, tables, s["item_bias"], device=resolve_device(params["model"]["device"]),
+    return catalogue_tasks(pd.read_parquet(ROOT / CATALOGUE_PAIRS), items, tables, s["item_bias"], device=resolve_device(params["model"]["device"]),
                            bias_init=starts)
 
 

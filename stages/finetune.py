@@ -34,13 +34,13 @@ VALIDATION_INPUTS = CATALOGUE_INPUTS + ("data/instructions/turns_valid.parquet",
 USED = ("seed", "negatives", "model", "lengths", "embed", "finetune")
 
 
-def catalogue_inputs(params: dict, conv2item: pd.DataFrame):
+def catalogue_inputs(params: dict):
     """The catalogue tasks (empty for the paper's objective) and the validator of the validation split (every
     ``validate_every`` steps and at the end; 0 = none, the curve is then empty). With the paper's objective the
     validator re-embeds both catalogues each time (minutes on a CPU); with the catalogue objective only queries."""
     f, ln = params["finetune"], lengths(params)
     items = read_items()
-    tasks = catalogue_objective(params, "finetune", conv2item, items)
+    tasks = catalogue_objective(params, "finetune", items)
     if not f["validate_every"]:
         return tasks, None
     return tasks, CatalogueValidation.build(pd.read_parquet(ROOT / "data/instructions/turns_valid.parquet"), items, tasks,
@@ -54,7 +54,7 @@ def main() -> None:
     f = params["finetune"]
     frames = [pd.read_parquet(ROOT / p) for p in INPUTS]
     retrieval, generation = finetune_tasks(*frames)
-    catalogue, validate = catalogue_inputs(params, frames[0])
+    catalogue, validate = catalogue_inputs(params)
     if catalogue:  # Conv2Item against the whole catalogue replaces its mined form; Conv2Conv stays the paper's
         retrieval = [t for t in retrieval if t.name != "conv2item"]
     objective = FinetuneObjective(retrieval, generation, f["retrieval_batch"], f["generation_batch"], f["temperature"],

@@ -27,7 +27,7 @@ def main() -> None:
     params = load_params()
     w = params["warmup"]
     conv2item, conv2conv = (pd.read_parquet(ROOT / p) for p in INPUTS)
-    catalogue = catalogue_objective(params, "warmup", conv2item, read_items())
+    catalogue = catalogue_objective(params, "warmup", read_items())
     tasks = [t for t in warmup_tasks(conv2item, conv2conv) if not (catalogue and t.name == "conv2item")]
     objective = WarmupObjective(tasks, w["batch_size"], w["temperature"], lengths(params), catalogue, w["catalogue_batch"])
     extra = {"retrieval_objective": w["retrieval_objective"], "temperature": w["temperature"],

@@ -7,7 +7,8 @@ import pytest
 
 from pipeline import templates
 from pipeline.data.ingest import ingest
-from pipeline.instructions import (ACTION_OF_CODE, ContextLimits, build_conv2conv, build_conv2item, build_dm, build_response,
+from pipeline.instructions import (ACTION_OF_CODE, ContextLimits, InstructionCaps, build_conv2conv, build_conv2item, build_dm,
+                                   build_instruction_tables, build_response,
                                    build_turns, cap, dm_target, wrap_mentions)
 
 from tests.conftest import RAW
@@ -103,3 +104,19 @@ def test_prompt_builders_fill_the_papers_templates():
     ranking = templates.ranking_prompt("Seeker: hi", ["Heat (1995)", "Up (2009)"], "None")
     assert "[1] Heat (1995)\n[2] Up (2009)" in ranking and "Output the top 2 results" in ranking
     assert templates.dialogue_management_prompt("Seeker: hi").startswith("Analyze the conversation context: Seeker: hi.")
+
+
+def test_catalogue_pairs_cover_every_training_turn_while_the_mined_turns_are_capped(redial):
+    iard = ingest("iard", RAW)
+    t = redial.tables
+    tables, counts = build_instruction_tables({"redial": (t["items"], t["dialogues"], t["rec_turns"])}, iard.tables["iard_turns"],
+                                              iard.tables["iard_codes"], ContextLimits(12, 1200),
+                                              InstructionCaps({"redial": 5}, 10, 10, seed=0))
+    every_train_turn = build_turns("redial", t["rec_turns"], ContextLimits(12, 1200)).query("split == 'train'")
+    assert len(every_train_turn) > 5 and len(tables["turns_train"]) == 5
+    assert set(tables["conv2item_train"].instance_id) == set(tables["turns_train"].instance_id)
+    catalogue = tables["catalogue_train"]
+    assert set(catalogue.instance_id) == set(every_train_turn.instance_id)  # every training turn, no other split
+    assert len(catalogue) == sum(len(g) for g in every_train_turn.gold_item_ids)  # one pair per gold item
+    assert counts["catalogue_train"]["redial"] == {"before_cap": len(catalogue), "kept": len(catalogue)}
+    assert "catalogue_valid" not in tables and "catalogue_test" not in tables
