@@ -9,7 +9,7 @@ from pipeline import schemas
 from pipeline.baselines import item_counts, training_gold
 from pipeline.base_model import MANIFEST
 from pipeline.catalogue import ITEM_TABLES, CatalogueTask, catalogue_tasks, item_table
-from pipeline.errors import ParamError
+from pipeline.errors import MissingArtifactError, ParamError
 from pipeline.model import resolve_device
 from pipeline.training import LossFn, TrainConfig, TrainLoop, Validator, run_fingerprint
 from stages._common import ROOT
@@ -48,8 +48,15 @@ def catalogue_objective(params: dict, section: str, items: dict[str, pd.DataFram
     starts = None
     if s["item_bias"] and s["item_bias_init"] == "log_count":
         starts = {d: np.log1p(item_counts(training_gold(read_rec_turns(d)), items[d]["item_id"])) for d in DATASETS}
-    return catalogue_tasks(pd.read_parquet(ROOT / CATALOGUE_PAIRS), items, tables, s["item_bias"], device=resolve_device(params["model"]["device"]),
-                           bias_init=starts)
+    return catalogue_tasks(read_catalogue_pairs(), items, tables, s["item_bias"],
+                           device=resolve_device(params["model"]["device"]), bias_init=starts)
+
+
+def read_catalogue_pairs() -> pd.DataFrame:
+    path = ROOT / CATALOGUE_PAIRS
+    if not path.exists():  # instruction data from before the catalogue pairs were written
+        raise MissingArtifactError(f"{path}: no catalogue pairs; run `dvc repro build_instructions`")
+    return pd.read_parquet(path)
 
 
 def read_rec_turns(dataset: str) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from pipeline import hardware
 from pipeline.baselines import item_counts
 from pipeline.catalogue import (CatalogueValidation, catalogue_loss, catalogue_tasks, rank_scores, recall_per_item)
-from pipeline.errors import DataError
+from pipeline.errors import DataError, MissingArtifactError
 from pipeline.model import LoraSettings, RetrievableLM
 from pipeline.objectives import FinetuneObjective, GenerationTask
 from pipeline.recommender import ItemCorpus
@@ -128,3 +128,10 @@ def test_lora_init_is_drawn_from_the_seed(base_dir):
         return torch.cat([p.detach().flatten() for n, p in lm.model.named_parameters() if "lora_A" in n])
 
     assert torch.equal(lora_a(3), lora_a(3)) and not torch.equal(lora_a(3), lora_a(4))
+
+
+def test_a_missing_catalogue_pairs_table_names_the_stage_that_writes_it(tmp_path, monkeypatch):
+    import stages._training as training
+    monkeypatch.setattr(training, "ROOT", tmp_path)
+    with pytest.raises(MissingArtifactError, match=r"catalogue_train\.parquet: no catalogue pairs; run `dvc repro build_instructions`"):
+        training.read_catalogue_pairs()
