@@ -100,7 +100,7 @@ def catalogue_probe(args) -> None:
     datasets = ("redial", "inspired")
     items = {d: pd.read_parquet(ROOT / f"data/interim/{d}/items.parquet") for d in datasets}
     tables = {d: np.load(ROOT / f"data/embeddings/base/{d}_items.npy") for d in datasets}
-    pairs = pd.read_parquet(ROOT / "data/instructions/conv2item_train.parquet")
+    pairs = pd.read_parquet(ROOT / "data/instructions/catalogue_train.parquet")  # the pipeline's catalogue queries: every training turn
     valid = pd.read_parquet(ROOT / "data/instructions/turns_valid.parquet")
     torch.manual_seed(0)
     lm = RetrievableLM.load(ROOT / "models/base", device="cpu", dtype=resolve_dtype(args.dtype), trainable=True)
