@@ -95,7 +95,7 @@ class StageTimings(BaseModel):
 
 class Recommendation(BaseModel):
     actions: list[str] = Field(description="dialogue actions dialogue management chose")
-    dm_output: str = Field(description="dialogue management's explanation and <a>action</a> tags")
+    dm_output: str = Field(description="dialogue management's <a>action</a> tags, then its explanation")
     candidates: list[Candidate] = Field(description="retrieved candidates, best first (top_k of them); empty without a recommendation")
     knowledge: str = Field(description="collaborative knowledge shown to the ranker ('None' without a recommendation)")
     ranking_output: str = Field(description="the ranker's raw output")

@@ -32,7 +32,7 @@ inference score items the same way (``pipeline.recommender.ItemCorpus`` takes th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -165,12 +165,33 @@ def recall_per_item(scores: np.ndarray, gold_rows: list[list[int]], ks=(10, 50))
     return {f"recall@{k}": float(np.mean(v)) if v else float("nan") for k, v in hits.items()} | {"n": len(hits[ks[0]])}
 
 
+def choose_beta(tried: dict[float, float], decimals: int = 9) -> float:
+    """The beta of the best validation score; scores equal to ``decimals`` places are a tie, won by the smaller
+    beta (the same hits summed in another order differ in the last bits: float noise must not pick the prior)."""
+    return max(tried, key=lambda b: (round(tried[b], decimals), -b))
+
+
+def prior_sweep(scores: np.ndarray, prior: np.ndarray, gold_rows: list[list[int]], betas: list[float],
+                k: int = 50) -> tuple[float, dict[float, float], dict[str, float]]:
+    """retrieval+prior on held-out queries: ``scores`` (cosine / temperature + bias) + beta * ``prior`` for each
+    beta, scored by the mean of Recall@10 and @k per item; the chosen beta (``choose_beta``), every beta's score,
+    and the chosen one's recall."""
+    tried, recalls = {}, {}
+    for beta in betas:
+        recalls[beta] = recall_per_item(scores + beta * prior[None, :], gold_rows, ks=(10, k))
+        tried[beta] = (recalls[beta]["recall@10"] + recalls[beta][f"recall@{k}"]) / 2 if recalls[beta]["n"] else 0.0
+    beta = choose_beta(tried)
+    return beta, tried, recalls[beta]
+
+
 @dataclass
 class CatalogueValidation:
     """Recall@10/50 per item of held-out contexts (the validation split) against each dataset's whole catalogue,
     scored as retrieval will score them. With a fixed table (the catalogue objective) only the queries are
     embedded, so it is cheap enough to run during training; without one (the paper's objective, where the item
-    side is trained too) the catalogue is re-embedded by the current model each time."""
+    side is trained too) the catalogue is re-embedded by the current model each time. With ``priors`` and
+    ``betas`` each row also has retrieval+prior's validation choice (``prior_sweep``): the last pass's
+    ``prior_beta`` is the one evaluation uses, so the validation split is embedded once, here."""
 
     queries: dict[str, list[str]]  # dataset -> held-out rendered contexts
     gold_rows: dict[str, list[list[int]]]  # dataset -> their gold items' rows
@@ -181,10 +202,13 @@ class CatalogueValidation:
     query_length: int
     document_length: int
     batch_size: int
+    priors: dict[str, np.ndarray] = field(default_factory=dict)  # dataset -> log(1 + training count) per item
+    betas: list[float] = field(default_factory=list)  # retrieval+prior's betas tried
 
     @classmethod
     def build(cls, turns: pd.DataFrame, items: dict[str, pd.DataFrame], tasks: list[CatalogueTask], limit: int, seed: int,
-              temperature: float, query_length: int, document_length: int, batch_size: int) -> "CatalogueValidation":
+              temperature: float, query_length: int, document_length: int, batch_size: int,
+              priors: dict[str, np.ndarray] | None = None, betas: list[float] | None = None) -> "CatalogueValidation":
         """``turns``: validation turns of every dataset in ``items``; at most ``limit`` per dataset (seeded by id)."""
         from pipeline.instructions import cap
 
@@ -196,7 +220,7 @@ class CatalogueValidation:
             gold_rows[dataset] = [[row[g] for g in gold if g in row] for gold in chosen["gold_item_ids"]]
         return cls(queries, gold_rows, {d: f["description"].tolist() for d, f in items.items()},
                    {t.name: t.table for t in tasks}, {t.name: t.bias for t in tasks if t.bias is not None},
-                   temperature, query_length, document_length, batch_size)
+                   temperature, query_length, document_length, batch_size, dict(priors or {}), list(betas or []))
 
     def __call__(self, lm: RetrievableLM) -> list[dict]:
         rows = []
@@ -210,5 +234,37 @@ class CatalogueValidation:
                                  max_length=self.document_length)
             bias = self.biases.get(dataset)
             bias = None if bias is None else self.temperature * bias.detach().float().cpu().numpy()
-            rows.append({"dataset": dataset, **recall_per_item(rank_scores(q, table, bias), self.gold_rows[dataset])})
+            scores = rank_scores(q, table, bias)
+            row = {"dataset": dataset, **recall_per_item(scores, self.gold_rows[dataset])}
+            if self.betas and dataset in self.priors:
+                beta, _, recall = prior_sweep(scores / self.temperature, self.priors[dataset], self.gold_rows[dataset], self.betas)
+                row |= {"prior_beta": beta, "prior_recall@10": recall["recall@10"], "prior_recall@50": recall["recall@50"]}
+            rows.append(row)
         return rows
+
+
+@dataclass
+class PriorChoice:
+    """retrieval+prior's beta, chosen on the validation split by fine-tuning's last validation pass
+    (``CatalogueValidation``), so evaluation need not embed the validation split again."""
+
+    beta: float
+    n: int  # validation contexts
+    step: int  # the training step of that pass
+    score: float  # validation Recall (mean of @10 and @50) at ``beta``
+    score_without: float  # ... at beta = 0 (retrieval alone)
+
+
+def prior_choice(validation_curve: pd.DataFrame, dataset: str) -> PriorChoice | None:
+    """The last validation pass's retrieval+prior choice for ``dataset`` (plots/finetune_validation.csv), or
+    None when no pass made one (fine-tuning ran no validation, or one without ``betas``)."""
+    if "prior_beta" not in validation_curve.columns:
+        return None
+    rows = validation_curve[(validation_curve["dataset"] == dataset) & validation_curve["prior_beta"].notna()]
+    if rows.empty:
+        return None
+    last = rows.loc[rows["step"].idxmax()]
+    beta = float(last["prior_beta"])
+    return PriorChoice(int(beta) if beta.is_integer() else beta, int(last["n"]), int(last["step"]),
+                       float(last["prior_recall@10"] + last["prior_recall@50"]) / 2,
+                       float(last["recall@10"] + last["recall@50"]) / 2)

@@ -28,7 +28,7 @@ from pipeline.instructions import ACTIONS, cap
 from pipeline.metrics import (Instance, dedup, dialogue_management_metrics, distinct_n, majority_action_set, paired_difference,
                               parse_actions, perplexity, recommendation_metrics)
 from pipeline.model import RetrievableLM
-from pipeline.catalogue import recall_per_item
+from pipeline.catalogue import PriorChoice, prior_sweep
 from pipeline.ranking import ParsedRanking, parse_statistics, random_ranking
 from pipeline.encoder import Encoder
 from pipeline.grounding import ITEM_TAG, Catalogue, Reply, check_reply
@@ -50,6 +50,8 @@ class EvalSettings:
     temperature: float  # the fine-tuning temperature: retrieval+prior adds beta * log(1 + count) to cosine / temperature
     prior_betas: list[float]  # the betas tried on the validation split (the best is used on test)
     max_validation: int  # validation contexts used to choose beta (0 = all)
+    # retrieval+prior's beta as fine-tuning's last validation pass chose it (``prior_choice``); None: choose here
+    prior: PriorChoice | None = None
 
 
 @dataclass
@@ -191,30 +193,30 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def choose_beta(tried: dict[float, float], decimals: int = 9) -> float:
-    """The beta of the best validation score; scores equal to ``decimals`` places are a tie, won by the smaller
-    beta (the same hits summed in another order differ in the last bits: float noise must not pick the prior)."""
-    return max(tried, key=lambda b: (round(tried[b], decimals), -b))
-
-
 def _retrieval_prior(run: EvalRun) -> list[list[str]]:
-    """cosine / temperature + beta * log(1 + training count), beta chosen on the validation split (Recall@10 + @50)."""
+    """cosine / temperature + beta * log(1 + training count), beta chosen on the validation split (the mean of
+    Recall@10 and @50): by fine-tuning's last validation pass where it made the choice, else here."""
     item_ids = run.data.items["item_id"].tolist()
     prior = np.log1p(item_counts(run.data.train_gold, item_ids))
     s, k = run.settings, run.recommender.top_k
-    valid = cap(run.data.turns_valid, s.max_validation or None, s.seed)
-    position = {item: r for r, item in enumerate(item_ids)}
-    gold_rows = [[position[g] for g in gold if g in position] for gold in valid.gold_item_ids]
-    with run.timer("retrieval+prior: choose beta on the validation split"):
-        valid_scores = run.reficr.item_scores(valid["query"].tolist()) / s.temperature
-        tried = {}
-        for beta in s.prior_betas:  # the mean of Recall@10 and @k per item (equal sample counts)
-            recall = recall_per_item(valid_scores + beta * prior, gold_rows, ks=(10, k))
-            tried[beta] = (recall["recall@10"] + recall[f"recall@{k}"]) / 2 if recall["n"] else 0.0
-    beta = choose_beta(tried)
-    run.extra_metrics.update({"retrieval+prior.beta": beta, "retrieval+prior.validation_n": len(valid)}
-                             | {f"retrieval+prior.validation_recall@10_50.beta={b}": v for b, v in tried.items()})
-    log.info("retrieval+prior: validation Recall (mean of @10 and @%d) per beta %s -> beta %s", k, tried, beta)
+    if s.prior is not None:
+        beta, chosen = s.prior.beta, s.prior
+        run.extra_metrics.update({"retrieval+prior.beta": beta, "retrieval+prior.validation_n": chosen.n,
+                                  "retrieval+prior.chosen_at": f"finetune validation, step {chosen.step}",
+                                  f"retrieval+prior.validation_recall@10_50.beta={beta}": chosen.score,
+                                  "retrieval+prior.validation_recall@10_50.beta=0": chosen.score_without})
+        log.info("retrieval+prior: beta %s, chosen by fine-tuning's validation at step %d", beta, chosen.step)
+    else:
+        valid = cap(run.data.turns_valid, s.max_validation or None, s.seed)
+        position = {item: r for r, item in enumerate(item_ids)}
+        gold_rows = [[position[g] for g in gold if g in position] for gold in valid.gold_item_ids]
+        with run.timer("retrieval+prior: choose beta on the validation split"):
+            valid_scores = run.reficr.item_scores(valid["query"].tolist()) / s.temperature
+            beta, tried, _ = prior_sweep(valid_scores, prior, gold_rows, s.prior_betas, k)
+        run.extra_metrics.update({"retrieval+prior.beta": beta, "retrieval+prior.validation_n": len(valid),
+                                  "retrieval+prior.chosen_at": "evaluate"}
+                                 | {f"retrieval+prior.validation_recall@10_50.beta={b}": v for b, v in tried.items()})
+        log.info("retrieval+prior: validation Recall (mean of @10 and @%d) per beta %s -> beta %s", k, tried, beta)
     test_scores = run.reficr.corpus.scores(run.query_vectors) / s.temperature + beta * prior
     return [[item_ids[i] for i in row] for row in top_rows(test_scores, k)]
 

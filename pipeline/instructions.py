@@ -9,7 +9,7 @@ Tables written per split (``train``/``valid``/``test``), both recommendation dat
   catalogue objective (``pipeline.catalogue``), whose cost does not grow with them (no mining, no documents);
 - ``conv2conv``: (context, another *training* context that shares a gold item, from another dialogue);
   test and valid contexts are never documents;
-- ``dm`` (IARD): dialogue-management prompt -> deterministic explanation + ``<a>Action</a>`` tags;
+- ``dm`` (IARD): dialogue-management prompt -> ``<a>Action</a>`` tags + deterministic explanation;
 - ``response``: response-generation prompt (context + the turn's items) -> gold response with each item
   mention wrapped in ``<item>...</item>``; every recommender turn, with or without items.
 Ranking instances need INIT embeddings and are built by ``mine_negatives``.
@@ -105,8 +105,14 @@ def build_conv2conv(turns: pd.DataFrame, documents: pd.DataFrame, seed: int) -> 
     return pd.DataFrame(rows, columns=columns), lonely
 
 
+DM_SEPARATOR = "\n"  # between a DM target's action tags and its explanation (it ends the action sequence)
+
+
 def dm_target(user_intents: list[str], actions: list[str], codes: pd.DataFrame) -> tuple[str, list[str]]:
-    """Explanation from the annotated intent and action descriptions, then ``<a>Action</a>`` per action."""
+    """``<a>Action</a>`` per action first, then (after ``DM_SEPARATOR``) the explanation from the annotated intent
+    and action descriptions. Action first as in the paper's example (section 3.4: "<a>Recommend", since the user
+    has expressed 'dislike' ...): a short generation already names the action, and the explanation that follows
+    is conditioned on it."""
     info = {(r.role, r.code): r for r in codes.itertuples()}
     intents = [info[("seeker", c)] for c in user_intents if ("seeker", c) in info]
     acts = [info[("recommender", c)] for c in actions if ("recommender", c) in info]
@@ -122,7 +128,11 @@ def dm_target(user_intents: list[str], actions: list[str], codes: pd.DataFrame) 
     else:
         why = "The user has not said anything new since the last system turn."
     how = " Suggested system action: " + "; ".join(f"{a.name} ({a.description.lower()})" for a in acts) + "."
-    return why + how + " " + "".join(f"<a>{n}</a>" for n in names), names
+    return action_tags(names) + DM_SEPARATOR + why + how, names
+
+
+def action_tags(actions: list[str]) -> str:
+    return "".join(f"<a>{a}</a>" for a in actions)
 
 
 def build_dm(iard_turns: pd.DataFrame, codes: pd.DataFrame, limits: ContextLimits) -> pd.DataFrame:

@@ -310,17 +310,18 @@ class RetrievableLM:
 
     # ------------------------------------------------------------------ generation & scoring
     def tokenize_pairs(
-        self, prompts: Sequence[str], targets: Sequence[str], max_prompt_length: int, max_target_length: int
+        self, prompts: Sequence[str], targets: Sequence[str], max_prompt_length: int, max_target_length: int,
+        eos: bool = True,
     ) -> list[tuple[list[int], int]]:
-        """(prompt ids + target ids + EOS, number of prompt tokens). The prompt keeps its *end* when cut
-        (the formatted prompt's last tokens are the assistant marker), the target its beginning."""
-        eos = self.tokenizer.eos_token_id
+        """(prompt ids + target ids + EOS (unless ``eos`` is False), number of prompt tokens). The prompt keeps
+        its *end* when cut (the formatted prompt's last tokens are the assistant marker), the target its beginning."""
+        end = [self.tokenizer.eos_token_id] if eos else []
         prompt_ids = self.tokenizer([generation_prefix(p) for p in prompts], add_special_tokens=True)["input_ids"]
         target_ids = self.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
         out = []
         for p, t in zip(prompt_ids, target_ids):
             p = p[-max_prompt_length:]
-            t = t[:max_target_length] + [eos]
+            t = t[:max_target_length] + end
             out.append((p + t, len(p)))
         return out
 

@@ -29,7 +29,7 @@ from pipeline.encoder import Encoder
 from pipeline.errors import MissingArtifactError
 from pipeline.grounding import Catalogue, Reply, ground_reply
 from pipeline.index import build_index, search
-from pipeline.instructions import ACTIONS
+from pipeline.instructions import ACTIONS, DM_SEPARATOR, action_tags
 from pipeline.metrics import parse_actions
 from pipeline.model import RetrievableLM
 from pipeline.ranking import ParsedRanking, rank_with_llm
@@ -47,7 +47,7 @@ DM_CHOICE_MIN_SHARE = 0.01
 # the key/value cache's name in model outputs and forward arguments: `cache` since transformers 5.2x, `past_key_values`
 # before (the GPU machines' image has 5.17; the old name is deprecated in 5.24 and due to go)
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-DM_TAG_TOKENS = 64  # room for the <a>Action</a> tags after a generated explanation (three actions take ~25 tokens)
+DM_TAG_TOKENS = 64  # room for a sequence of <a>Action</a> tags (three actions take ~20 tokens)
 
 
 def dm_choices(train_actions: list[list[str]], min_share: float = DM_CHOICE_MIN_SHARE) -> list[list[str]]:
@@ -59,11 +59,12 @@ def dm_choices(train_actions: list[list[str]], min_share: float = DM_CHOICE_MIN_
 
 
 @torch.no_grad()
-def score_endings(lm: RetrievableLM, prompt: str, targets: list[str], max_prompt_length: int, max_target_length: int) -> np.ndarray:
-    """Log-likelihood of each target (its tokens, then EOS) given ``prompt``, as ``RetrievableLM.score`` sums it,
-    but with the targets' shared token prefix (prompt + explanation) run once and its key/value cache reused
-    for the batch of their different endings: choosing among k endings costs one long and one short forward."""
-    pairs = lm.tokenize_pairs([prompt] * len(targets), targets, max_prompt_length, max_target_length)
+def score_endings(lm: RetrievableLM, prompt: str, targets: list[str], max_prompt_length: int, max_target_length: int,
+                  eos: bool = True) -> np.ndarray:
+    """Log-likelihood of each target (its tokens, then EOS unless ``eos`` is False) given ``prompt``, as
+    ``RetrievableLM.score`` sums it, but with the targets' shared token prefix run once and its key/value cache
+    reused for the batch of their different endings: choosing among k endings costs one long and one short forward."""
+    pairs = lm.tokenize_pairs([prompt] * len(targets), targets, max_prompt_length, max_target_length, eos=eos)
     seqs = [seq for seq, _ in pairs]
     n_prompt = pairs[0][1]
     shared = min(len(os.path.commonprefix(seqs)), min(len(s) for s in seqs) - 1)
@@ -226,19 +227,19 @@ class ReFICR:
 
     def manage_prompts(self, prompts: list[str]) -> tuple[list[str], list[bool]]:
         """Dialogue management on built prompts: the outputs, and per output whether its action was chosen by
-        scoring. Greedy generation first; where it names no action (cut at ``max_new_tokens_dm`` or malformed),
-        the explanation generated so far is completed with the most likely of ``settings.dm_choices`` (the action
-        sequences of the training split, so a turn can get the two actions it often needs; log-likelihood under
-        the model, EOS included), so every turn gets an action and the chat can act on it."""
+        scoring. Greedy generation first (the targets name the actions first, then explain them); where it names
+        no action (malformed), the most likely of ``settings.dm_choices`` (the action sequences of the training
+        split, so a turn can get the two actions it often needs) is chosen by its log-likelihood as the start of
+        the output (its tags and ``DM_SEPARATOR``, which ends a sequence so that a longer one is not penalised
+        for the tokens a shorter one lacks) and put before the generated text, so every turn gets an action and
+        the chat can act on it."""
         outputs = self.generate(prompts, self.settings.max_new_tokens_dm)
         missing = [i for i, o in enumerate(outputs) if parse_actions(o, ACTIONS) is None]
         choices = self.settings.dm_choices or [[a] for a in ACTIONS]
+        starts = [action_tags(choice) + DM_SEPARATOR for choice in choices]
         for i in missing:
-            explanation = outputs[i].split("<a>")[0].rstrip()
-            endings = [f"{explanation} {''.join(f'<a>{a}</a>' for a in choice)}".lstrip() for choice in choices]
-            scores = score_endings(self.lm, prompts[i], endings, self.settings.prompt_length,
-                                   self.settings.max_new_tokens_dm + DM_TAG_TOKENS)
-            outputs[i] = endings[int(np.argmax(scores))]
+            scores = score_endings(self.lm, prompts[i], starts, self.settings.prompt_length, DM_TAG_TOKENS, eos=False)
+            outputs[i] = starts[int(np.argmax(scores))] + outputs[i].strip()
         scored = set(missing)
         return outputs, [i in scored for i in range(len(outputs))]
 

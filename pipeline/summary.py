@@ -37,7 +37,8 @@ def table(name: str, m: dict) -> list[str]:
             lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
         if "retrieval+prior.beta" in m:
             beta = m["retrieval+prior.beta"]
-            lines += ["", f"retrieval+prior: beta = {beta}, chosen on {m['retrieval+prior.validation_n']} validation contexts "
+            lines += ["", f"retrieval+prior: beta = {beta}, chosen on {m['retrieval+prior.validation_n']} validation contexts"
+                          f"{' (' + m['retrieval+prior.chosen_at'] + ')' if 'retrieval+prior.chosen_at' in m else ''} "
                           f"(validation Recall, mean of @10 and @50: {m[f'retrieval+prior.validation_recall@10_50.beta={beta}']:.3f}; "
                           f"beta = 0, i.e. retrieval alone: {m.get('retrieval+prior.validation_recall@10_50.beta=0', float('nan')):.3f})"]
         lines.append("")

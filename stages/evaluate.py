@@ -19,13 +19,14 @@ import pandas as pd
 from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, Timer, build_system, evaluate
 from pipeline.io import atomic_dir, atomic_path, write_json
 from pipeline.recommender import dm_choices
-from pipeline.catalogue import trained_item_side
+from pipeline.catalogue import prior_choice, trained_item_side
 from pipeline.settings import ModelSettings, RecommenderSettings
 from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import model_settings
 
 log = logging.getLogger("stages.evaluate")
 BASE = ROOT / "models/base"
+VALIDATION_CURVE = "plots/finetune_validation.csv"  # fine-tuning's validation passes (retrieval+prior's beta)
 
 
 def recommender_settings(params: dict, dm_train: pd.DataFrame) -> RecommenderSettings:
@@ -42,10 +43,13 @@ def recommender_settings(params: dict, dm_train: pd.DataFrame) -> RecommenderSet
 
 
 def eval_settings(params: dict, dataset: str) -> EvalSettings:
+    """The protocol's settings; retrieval+prior's beta as fine-tuning's last validation pass chose it, where it did."""
     ev = params["eval"]
+    curve = ROOT / VALIDATION_CURVE
+    prior = prior_choice(pd.read_csv(curve), dataset) if curve.exists() and curve.stat().st_size else None
     return EvalSettings(ev["max_retrieval"][dataset], ev["max_generation"][dataset], ev["max_responses"], ev["max_dm"],
                         params["lengths"]["target"], ev["bootstrap"], params["seed"], params["finetune"]["temperature"],
-                        ev["prior_betas"], ev["max_validation"])
+                        ev["prior_betas"], ev["max_validation"], prior)
 
 
 def write_outputs(dataset: str, result: EvalResult, model: ModelSettings) -> None:

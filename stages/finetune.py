@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 
+from pipeline.baselines import item_counts, training_gold
 from pipeline.catalogue import BIAS_FILE, CatalogueValidation
 from pipeline.objectives import FinetuneObjective, finetune_tasks
 from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import lengths
-from stages._training import CATALOGUE_INPUTS, catalogue_objective, read_items, train_adapter
+from stages._training import CATALOGUE_INPUTS, catalogue_objective, read_items, read_rec_turns, train_adapter
 
 log = logging.getLogger("stages.finetune")
 INPUTS = (
@@ -37,15 +39,17 @@ USED = ("seed", "negatives", "model", "lengths", "embed", "finetune")
 def catalogue_inputs(params: dict):
     """The catalogue tasks (empty for the paper's objective) and the validator of the validation split (every
     ``validate_every`` steps and at the end; 0 = none, the curve is then empty). With the paper's objective the
-    validator re-embeds both catalogues each time (minutes on a CPU); with the catalogue objective only queries."""
+    validator re-embeds both catalogues each time (minutes on a CPU); with the catalogue objective only queries.
+    Each pass also chooses retrieval+prior's beta (``eval.prior_betas``); evaluation takes the last pass's."""
     f, ln = params["finetune"], lengths(params)
     items = read_items()
     tasks = catalogue_objective(params, "finetune", items)
     if not f["validate_every"]:
         return tasks, None
+    priors = {d: np.log1p(item_counts(training_gold(read_rec_turns(d)), frame["item_id"])) for d, frame in items.items()}
     return tasks, CatalogueValidation.build(pd.read_parquet(ROOT / "data/instructions/turns_valid.parquet"), items, tasks,
                                             f["validation_queries"], params["seed"], f["temperature"], ln.query, ln.document,
-                                            params["embed"]["batch_size"])
+                                            params["embed"]["batch_size"], priors, params["eval"]["prior_betas"])
 
 
 def main() -> None:

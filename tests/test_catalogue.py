@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from pipeline import hardware
 from pipeline.baselines import item_counts
-from pipeline.catalogue import (CatalogueValidation, catalogue_loss, catalogue_tasks, rank_scores, recall_per_item)
+from pipeline.catalogue import (CatalogueValidation, catalogue_loss, catalogue_tasks, prior_sweep, rank_scores,
+                                recall_per_item)
 from pipeline.errors import DataError, MissingArtifactError
 from pipeline.model import LoraSettings, RetrievableLM
 from pipeline.objectives import FinetuneObjective, GenerationTask
@@ -88,6 +89,16 @@ def test_the_item_bias_can_start_at_the_log_training_count():
         catalogue_tasks(pairs, items, {"toy": table}, item_bias=True, bias_init={"toy": start[:2]})
 
 
+def test_prior_sweep_by_hand():
+    """Two queries, three items; Recall@2 (with @10, which three items always reach)."""
+    scores = np.array([[3.0, 2.0, 1.0], [0.0, 2.0, 1.0]])
+    prior = np.array([0.0, 0.0, 1.5])
+    beta, tried, recall = prior_sweep(scores, prior, [[2], [0]], [0, 1, 2], k=2)
+    # beta 0: both golds third; beta 1: q0's gold (3 vs 2.5 vs 2) second, q1's third; beta 2: q0's first, q1's third
+    assert tried == {0: 0.5, 1: 0.75, 2: 0.75}
+    assert beta == 1 and recall == {"recall@10": 1.0, "recall@2": 0.5, "n": 2}  # a tie goes to the smaller beta
+
+
 @pytest.mark.slow
 def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_path):
     items = {"toy": pd.DataFrame({"item_id": ["a", "b", "c", "d"],
@@ -104,14 +115,16 @@ def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_
     objective = FinetuneObjective([], [GenerationTask("response", ["Say hi"], ["Hi!"])], 0, 1, 0.05, lengths,
                                   catalogue=tasks, catalogue_batch=4)
     turns = pairs.assign(instance_id=[f"t#{i}" for i in range(4)])
-    validate = CatalogueValidation.build(turns, items, tasks, 0, 0, 0.05, 24, 16, 4)
+    validate = CatalogueValidation.build(turns, items, tasks, 0, 0, 0.05, 24, 16, 4, {"toy": np.log1p([3.0, 0, 1, 0])}, [0, 1])
     loop = TrainLoop(lm, TrainConfig(steps=3, lr=1e-3), objective, tmp_path / "work", extra_params=objective.extra_parameters(),
                      extra_lr=0.05, validate=validate, validate_every=2)
     loop.run()
     assert tasks[0].bias.abs().sum().item() > 0  # the item bias learned
     rows = (tmp_path / "work/validation.csv").read_text().splitlines()
-    assert rows[0] == "step,dataset,recall@10,recall@50,n" and [r.split(",")[0] for r in rows[1:]] == ["0", "2", "3"]
-    assert rows[-1].endswith(",1.000000,1.000000,6")  # 4 items: every gold item is in any top 10
+    assert rows[0] == "step,dataset,recall@10,recall@50,n,prior_beta,prior_recall@10,prior_recall@50"
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "2", "3"]
+    # 4 items: every gold item is in any top 10, with or without the prior (a tie: the smaller beta)
+    assert rows[-1].endswith(",1.000000,1.000000,6,0,1.000000,1.000000")
     loop.finish(tmp_path / "model", tmp_path / "loss.csv", {}, "item_bias.safetensors", tmp_path / "validation.csv")
     saved = load_file(tmp_path / "model/item_bias.safetensors")
     assert torch.equal(saved["toy"], tasks[0].bias.detach())

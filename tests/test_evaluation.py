@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline.evaluation import PAIRED, SYSTEM_NAMES, SYSTEMS, top_rows
 
@@ -24,9 +25,25 @@ def test_top_rows_orders_by_score_then_index():
 def test_beta_ties_within_float_noise_go_to_the_smaller_prior():
     """Two betas with the same validation hits can differ in the last bits (measured on INSPIRED: 0.5 and 2);
     the smaller beta wins such a tie, a real difference still wins."""
-    from pipeline.evaluation import choose_beta
+    from pipeline.catalogue import choose_beta
 
     tried = {0: 0.1786833855799373, 0.5: 0.18652037617554856, 1: 0.18495297805642633, 2: 0.1865203761755486}
     assert tried[2] > tried[0.5]  # the float noise that used to pick beta 2
     assert choose_beta(tried) == 0.5
     assert choose_beta(tried | {4: 0.1866}) == 4
+
+
+def test_evaluation_takes_the_beta_of_the_last_validation_pass():
+    import pandas as pd
+
+    from pipeline.catalogue import prior_choice
+
+    curve = pd.DataFrame({"step": [0, 0, 72, 72], "dataset": ["redial", "inspired"] * 2, "recall@10": [0.1, 0.2, 0.3, 0.4],
+                          "recall@50": [0.2, 0.3, 0.5, 0.6], "n": [9, 5, 9, 5], "prior_beta": [4.0, 2.0, 1.0, 0.5],
+                          "prior_recall@10": [0.15, 0.2, 0.32, 0.4], "prior_recall@50": [0.25, 0.3, 0.54, 0.6]})
+    chosen = prior_choice(curve, "redial")
+    assert (chosen.beta, chosen.n, chosen.step) == (1, 9, 72) and isinstance(chosen.beta, int)  # named as params.yaml names it
+    assert chosen.score == pytest.approx((0.32 + 0.54) / 2) and chosen.score_without == pytest.approx((0.3 + 0.5) / 2)
+    assert prior_choice(curve, "inspired").beta == 0.5
+    assert prior_choice(curve.drop(columns=["prior_beta", "prior_recall@10", "prior_recall@50"]), "redial") is None
+    assert prior_choice(pd.DataFrame({"step": []}), "redial") is None  # no validation ran (a header-only curve)

@@ -81,8 +81,10 @@ def test_dm_targets_map_every_iard_code_and_explain():
     assert set(ACTION_OF_CODE) == set(codes[codes.role == "recommender"].code)
     target, actions = dm_target(["REJ", "CRI-A"], ["REC-S", "EXP-I"], codes)
     assert actions == ["Recommend", "Explain"]
-    assert target.startswith("The user's intention: Reject (seeker dislikes the recommended item); Critique-Add")
-    assert target.endswith("<a>Recommend</a><a>Explain</a>")
+    # the actions first (the paper's example, section 3.4), then the explanation
+    assert target.startswith("<a>Recommend</a><a>Explain</a>\nThe user's intention: Reject (seeker dislikes the recommended "
+                             "item); Critique-Add")
+    assert target.endswith(".") and target.count("<a>") == 2
     dm = build_dm(iard.tables["iard_turns"], codes, ContextLimits(12, 1200))
     assert len(dm) == len(iard.tables["iard_turns"]) and dm.prompt.str.startswith("Analyze the conversation context: ").all()
     with pytest.raises(ValueError, match="has no ReFICR action"):

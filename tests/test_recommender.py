@@ -94,12 +94,14 @@ def test_dialogue_management_scores_an_action_where_generation_names_none(system
     reficr, _ = system
     prompts = [templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight")]
     free = reficr.generate(prompts, SETTINGS.max_new_tokens_dm)
-    assert parse_actions(free[0], ACTIONS) is None  # 12 new tokens cannot reach the <a></a> tags
+    assert parse_actions(free[0], ACTIONS) is None  # the un-tuned model does not answer in <a></a> tags
     outputs, scored = reficr.manage_prompts(prompts)
-    assert scored == [True] and outputs[0].startswith(free[0].split("<a>")[0].strip())
-    endings = [f"{free[0].split('<a>')[0].rstrip()} <a>{a}</a>".lstrip() for a in ACTIONS]
-    loglik = [s.sum() for s in reficr.lm.score(prompts * len(ACTIONS), endings, max_prompt_length=SETTINGS.prompt_length)]
+    assert scored == [True] and outputs[0].endswith(free[0].strip())
+    starts = [f"<a>{a}</a>\n" for a in ACTIONS]  # each action as the output's start (no EOS: an explanation follows)
+    pairs = reficr.lm.tokenize_pairs(prompts * len(ACTIONS), starts, SETTINGS.prompt_length, 64, eos=False)
+    loglik = [float((lp * m).sum()) for lp, m in zip(*reficr.lm.target_logprobs(pairs))]
     assert parse_actions(outputs[0], ACTIONS) == [ACTIONS[int(np.argmax(loglik))]]
+    assert outputs[0] == starts[int(np.argmax(loglik))] + free[0].strip()
     assert reficr.manage(["Seeker: Hi! I want a funny movie for tonight"]) == outputs
 
 
@@ -133,7 +135,6 @@ def test_dialogue_management_can_choose_two_actions(system):
     chooser = ReFICR(reficr.lm, reficr.corpus, reficr.store, reficr.title, replace(SETTINGS, dm_choices=two))
     prompts = [templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight")]
     outputs, scored = chooser.manage_prompts(prompts)
-    explanation = reficr.generate(prompts, SETTINGS.max_new_tokens_dm)[0].split("<a>")[0].rstrip()
-    endings = [f"{explanation} {''.join(f'<a>{a}</a>' for a in c)}".lstrip() for c in two]
-    best = two[int(np.argmax(score_endings(reficr.lm, prompts[0], endings, SETTINGS.prompt_length, SETTINGS.max_new_tokens_dm + 64)))]
+    starts = ["".join(f"<a>{a}</a>" for a in c) + "\n" for c in two]
+    best = two[int(np.argmax(score_endings(reficr.lm, prompts[0], starts, SETTINGS.prompt_length, 64, eos=False)))]
     assert scored == [True] and parse_actions(outputs[0], ACTIONS) == best and len(best) == 2
