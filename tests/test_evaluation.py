@@ -47,3 +47,23 @@ def test_evaluation_takes_the_beta_of_the_last_validation_pass():
     assert prior_choice(curve, "inspired").beta == 0.5
     assert prior_choice(curve.drop(columns=["prior_beta", "prior_recall@10", "prior_recall@50"]), "redial") is None
     assert prior_choice(pd.DataFrame({"step": []}), "redial") is None  # no validation ran (a header-only curve)
+
+
+def test_the_evaluate_stage_reads_the_beta_from_the_validation_curve(tmp_path, monkeypatch):
+    import yaml
+
+    import stages.evaluate as stage
+
+    params = yaml.safe_load((stage.ROOT / "profiles/small.yaml").read_text())
+    monkeypatch.setattr(stage, "ROOT", tmp_path)
+    assert stage.eval_settings(params, "redial").prior is None  # no curve: evaluate chooses beta itself
+    (tmp_path / "plots").mkdir()
+    curve = tmp_path / stage.VALIDATION_CURVE
+    curve.write_text("step\n")  # fine-tuning without validation
+    assert stage.eval_settings(params, "redial").prior is None
+    curve.write_text("step,dataset,recall@10,recall@50,n,prior_beta,prior_recall@10,prior_recall@50\n"
+                     "0,redial,0.04,0.10,1239,8,0.07,0.18\n72,redial,0.08,0.19,1239,1,0.08,0.20\n"
+                     "72,inspired,0.14,0.28,319,0.5,0.15,0.29\n")
+    chosen = stage.eval_settings(params, "redial").prior
+    assert (chosen.beta, chosen.step, chosen.n) == (1, 72, 1239)
+    assert stage.eval_settings(params, "inspired").prior.beta == 0.5
