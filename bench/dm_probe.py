@@ -1,7 +1,7 @@
 """Diagnostic: how many dialogue-management examples does the small model need before its actions beat the
 majority action, before paying for a full run?
 
-    python bench/dm_probe.py --steps 60 --batch 4 --eval-every 20      # writes bench/results-dm-probe.json
+    python bench/dm_probe.py --steps 60 --batch 4 --eval-every 12      # writes bench/results-dm-probe.json
 
 LoRA as ``params.yaml`` sets it (rank, alpha, top layers) on models/base, trained on dialogue management only
 (data/instructions/dm_train.parquet, the targets ``build_instructions`` writes: action tags first, then the
