@@ -33,6 +33,11 @@ def item_counts(train_gold: Iterable[Iterable[str]], corpus: Iterable[str]) -> n
     return np.array([counts.get(item, 0) for item in corpus], dtype=np.float32)
 
 
+def log_counts(train_gold: Iterable[Iterable[str]], corpus: Iterable[str]) -> np.ndarray:
+    """log(1 + ``item_counts``): the catalogue's log-marginal (the item bias' start, retrieval+prior's prior)."""
+    return np.log1p(item_counts(train_gold, corpus))
+
+
 def popularity_ranking(train_gold: list[list[str]], corpus: list[str]) -> list[str]:
     """Corpus items by training-split recommendation count (ties: corpus order), all of them."""
     counts = Counter(item for gold in train_gold for item in gold)

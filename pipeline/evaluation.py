@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schemas, templates
-from pipeline.baselines import BM25Retriever, context_echo, item_counts, popularity_ranking, training_gold
+from pipeline.baselines import BM25Retriever, context_echo, log_counts, popularity_ranking, training_gold
 from pipeline.data.items import item_titles
 from pipeline.instructions import ACTIONS, cap
 from pipeline.metrics import (Instance, dedup, dialogue_management_metrics, distinct_n, majority_action_set, paired_difference,
@@ -197,7 +197,7 @@ def _retrieval_prior(run: EvalRun) -> list[list[str]]:
     """cosine / temperature + beta * log(1 + training count), beta chosen on the validation split (the mean of
     Recall@10 and @50): by fine-tuning's last validation pass where it made the choice, else here."""
     item_ids = run.data.items["item_id"].tolist()
-    prior = np.log1p(item_counts(run.data.train_gold, item_ids))
+    prior = log_counts(run.data.train_gold, item_ids)
     s, k = run.settings, run.recommender.top_k
     if s.prior is not None:
         beta, chosen = s.prior.beta, s.prior

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schemas
-from pipeline.baselines import item_counts, training_gold
+from pipeline.baselines import log_counts, training_gold
 from pipeline.base_model import MANIFEST
 from pipeline.catalogue import ITEM_TABLES, CatalogueTask, catalogue_tasks, item_table
 from pipeline.errors import MissingArtifactError, ParamError
@@ -47,9 +47,14 @@ def catalogue_objective(params: dict, section: str, items: dict[str, pd.DataFram
               for d in DATASETS}
     starts = None
     if s["item_bias"] and s["item_bias_init"] == "log_count":
-        starts = {d: np.log1p(item_counts(training_gold(read_rec_turns(d)), items[d]["item_id"])) for d in DATASETS}
+        starts = training_log_counts(items)
     return catalogue_tasks(read_catalogue_pairs(), items, tables, s["item_bias"],
                            device=resolve_device(params["model"]["device"]), bias_init=starts)
+
+
+def training_log_counts(items: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
+    """Per dataset, log(1 + training-split recommendation count) of each item, in ``items`` order."""
+    return {d: log_counts(training_gold(read_rec_turns(d)), frame["item_id"]) for d, frame in items.items()}
 
 
 def read_catalogue_pairs() -> pd.DataFrame:

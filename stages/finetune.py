@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 
-from pipeline.baselines import item_counts, training_gold
 from pipeline.catalogue import BIAS_FILE, CatalogueValidation
 from pipeline.objectives import FinetuneObjective, finetune_tasks
 from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import lengths
-from stages._training import CATALOGUE_INPUTS, catalogue_objective, read_items, read_rec_turns, train_adapter
+from stages._training import CATALOGUE_INPUTS, catalogue_objective, read_items, train_adapter, training_log_counts
 
 log = logging.getLogger("stages.finetune")
 INPUTS = (
@@ -46,10 +44,10 @@ def catalogue_inputs(params: dict):
     tasks = catalogue_objective(params, "finetune", items)
     if not f["validate_every"]:
         return tasks, None
-    priors = {d: np.log1p(item_counts(training_gold(read_rec_turns(d)), frame["item_id"])) for d, frame in items.items()}
     return tasks, CatalogueValidation.build(pd.read_parquet(ROOT / "data/instructions/turns_valid.parquet"), items, tasks,
                                             f["validation_queries"], params["seed"], f["temperature"], ln.query, ln.document,
-                                            params["embed"]["batch_size"], priors, params["eval"]["prior_betas"])
+                                            params["embed"]["batch_size"], training_log_counts(items),
+                                            params["eval"]["prior_betas"])
 
 
 def main() -> None:
