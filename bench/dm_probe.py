@@ -6,10 +6,13 @@ majority action, before paying for a full run?
 LoRA as ``params.yaml`` sets it (rank, alpha, top layers) on models/base, trained on dialogue management only
 (data/instructions/dm_train.parquet, the targets ``build_instructions`` writes: action tags first, then the
 explanation) through the pipeline's TrainLoop. A share of the IARD *training* dialogues (``--heldout``, by
-dialogue-id hash) is held out of the probe's training and scored every ``--eval-every`` steps as evaluation
-scores DM (``ReFICR.manage_prompts``: greedy generation, a scored action sequence where it names none):
-accuracy (exact action set), micro-F1, the parse rate of the free generation, beside the majority action set of
-the probe's training turns on the same held-out turns. The IARD test dialogues are never read.
+dialogue-id hash) is held out of the probe's training and scored every ``--eval-every`` steps both ways evaluation
+scores DM: the unconstrained greedy generation (parse rate, accuracy of the exact action set, micro-F1) and the
+scored choice (``dm_evidence``, ``dm_decide``) at each weight of ``eval.dm_validation.weights`` (weight 0 is the
+majority action set of the probe's training turns). The IARD test dialogues are never read.
+
+bench/results-dm-probe.json was recorded with the probe's previous version (commit 42a9d7c: generation, with a
+scored, uncalibrated choice only where it named no action; ``parse_rate`` is the generation's).
 
 The pipeline's fine-tuning draws its generation batch task-uniformly (ranking, DM, response), so 72 steps of 2
 show DM about 48 examples: the probe says what 48, 120 or 240 buy.
@@ -36,7 +39,8 @@ from pipeline.instructions import ACTIONS  # noqa: E402
 from pipeline.metrics import dialogue_management_metrics, majority_action_set, parse_actions  # noqa: E402
 from pipeline.model import RetrievableLM  # noqa: E402
 from pipeline.objectives import FinetuneObjective, GenerationTask  # noqa: E402
-from pipeline.recommender import ReFICR, dm_choices  # noqa: E402
+from pipeline.dm_policy import dm_choices, dm_log_prior, weight_sweep  # noqa: E402
+from pipeline.recommender import ReFICR, dm_evidence  # noqa: E402
 from pipeline.settings import Lengths, RecommenderSettings  # noqa: E402
 from pipeline.training import TrainConfig, TrainLoop  # noqa: E402
 from stages._common import load_params  # noqa: E402
@@ -69,7 +73,9 @@ def main() -> None:
         candidates=10, knowledge_utterances=2, top_k=50, items_in_response=3, query_length=ln["query"],
         document_length=ln["document"], prompt_length=ln["prompt"], context_max_utterances=12, context_max_chars=1200,
         embed_batch=16, generation_batch=16, max_new_tokens_dm=args.max_new_tokens or params["eval"]["max_new_tokens_dm"],
-        max_new_tokens_ranking=8, max_new_tokens_response=8, dm_choices=dm_choices(train_actions))
+        max_new_tokens_ranking=8, max_new_tokens_response=8)
+    choices = dm_choices(train_actions)
+    prior = dm_log_prior(train_actions, choices)
 
     random.seed(0)
     torch.manual_seed(0)
@@ -80,13 +86,14 @@ def main() -> None:
 
     def score(step: int) -> list[dict]:
         start = time.perf_counter()
-        outputs, scored = reficr.manage_prompts(heldout.prompt.tolist())
-        predicted = [parse_actions(o, ACTIONS) for o in outputs]
-        m = dialogue_management_metrics(predicted, gold, ACTIONS)
-        m["parse_rate"] = 1.0 - sum(scored) / len(scored)
-        curve.append({"step": step, "examples": step * args.batch, **m, "seconds": round(time.perf_counter() - start, 1)})
+        outputs = reficr.generate(heldout.prompt.tolist(), settings.max_new_tokens_dm)
+        free = dialogue_management_metrics([parse_actions(o, ACTIONS) for o in outputs], gold, ACTIONS)
+        evidence = dm_evidence(lm, heldout.prompt.tolist(), choices, ln["prompt"])
+        sweep = weight_sweep(evidence, choices, prior, gold, params["eval"]["dm_validation"]["weights"])
+        curve.append({"step": step, "examples": step * args.batch, "free_generation": free,
+                      "scored": sweep.to_dict("records"), "seconds": round(time.perf_counter() - start, 1)})
         print(json.dumps(curve[-1]), flush=True)
-        return [{"accuracy": m["accuracy"]}]
+        return [{"accuracy": float(sweep["accuracy"].max())}]
 
     objective = FinetuneObjective([], [GenerationTask("dm", train.prompt.tolist(), train.target.tolist())], 0, args.batch,
                                   0.05, Lengths(ln["query"], ln["document"], ln["prompt"], ln["target"]))

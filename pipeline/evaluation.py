@@ -25,8 +25,8 @@ from pipeline import schemas, templates
 from pipeline.baselines import BM25Retriever, context_echo, log_counts, popularity_ranking, training_gold
 from pipeline.data.items import item_titles
 from pipeline.instructions import ACTIONS, cap
-from pipeline.metrics import (Instance, dedup, dialogue_management_metrics, distinct_n, majority_action_set, paired_difference,
-                              parse_actions, perplexity, recommendation_metrics)
+from pipeline.metrics import (Instance, bootstrap_ci, dedup, dialogue_management_metrics, distinct_n, majority_action_set,
+                              paired_difference, parse_actions, perplexity, recommendation_metrics)
 from pipeline.model import RetrievableLM
 from pipeline.catalogue import PriorChoice, prior_sweep
 from pipeline.ranking import ParsedRanking, parse_statistics, random_ranking
@@ -52,6 +52,7 @@ class EvalSettings:
     max_validation: int  # validation contexts used to choose beta (0 = all)
     # retrieval+prior's beta as fine-tuning's last validation pass chose it (``prior_choice``); None: choose here
     prior: PriorChoice | None = None
+    max_dm_generation: int = 60  # of the DM turns, those the unconstrained generation is also run on (0 = all)
 
 
 @dataclass
@@ -321,22 +322,35 @@ def grounding_metrics(replies: list[Reply], allowed: list[list[str]], contexts: 
 
 
 def dialogue_management(run: EvalRun) -> tuple[dict[str, float], pd.DataFrame]:
-    """Action-set accuracy, micro-F1 and parse rate on held-out IARD turns."""
-    dm = cap(run.data.dm_test, run.settings.max_dm or None, run.settings.seed)
-    with run.timer("dialogue management"):
-        outputs, completed = run.reficr.manage_prompts(dm.prompt.tolist())
-    predicted = [parse_actions(o, ACTIONS) for o in outputs]
+    """Held-out IARD turns: the action set ReFICR chooses (``ReFICR.choose_actions``, what the chat acts on) against
+    the majority action set of the training turns, exact-set accuracy and micro-F1, and their accuracy difference
+    with a paired bootstrap CI over dialogues; then the paper's unconstrained generation on a sample of them
+    (``max_dm_generation``): how often it names an action at all (its parse rate) and how well."""
+    s = run.settings
+    dm = cap(run.data.dm_test, s.max_dm or None, s.seed)
     gold = [list(a) for a in dm.actions]
+    with run.timer("dialogue management"):
+        predicted = run.reficr.choose_actions(dm.prompt.tolist())
     metrics = {f"dm.{k}": v for k, v in dialogue_management_metrics(predicted, gold, ACTIONS).items()}
-    # the parse rate is the free generation's; the rest had their action chosen by scoring (ReFICR.manage_prompts)
-    metrics["dm.parse_rate"] = 1.0 - sum(completed) / max(len(completed), 1)
-    metrics["dm.action_scored"] = sum(completed)
+    metrics["dm.weight"] = run.reficr.settings.dm_weight
     majority = majority_action_set([list(a) for a in run.data.dm_train.actions])
     baseline = dialogue_management_metrics([majority] * len(gold), gold, ACTIONS)
     metrics.update({f"dm.majority.{k}": baseline[k] for k in ("accuracy", "micro_f1")})
     metrics["dm.majority.actions"] = "+".join(majority)
-    return metrics, pd.DataFrame({"instance_id": dm.instance_id, "output": outputs, "action_scored": completed,
-                                  "predicted_actions": [p or [] for p in predicted], "gold_actions": gold})
+    diffs = [float(set(p) == set(g)) - float(set(majority) == set(g)) for p, g in zip(predicted, gold)]
+    low, high = bootstrap_ci(diffs, dm.dialogue_id.tolist(), s.bootstrap, s.seed)
+    metrics.update({"paired.dm-majority.accuracy": float(np.mean(diffs)) if diffs else float("nan"),
+                    "paired.dm-majority.accuracy.ci_low": low, "paired.dm-majority.accuracy.ci_high": high})
+    free = cap(dm, s.max_dm_generation or None, s.seed)
+    with run.timer("dialogue management, free generation"):
+        outputs = run.reficr.generate(free.prompt.tolist(), run.reficr.settings.max_new_tokens_dm)
+    parsed = [parse_actions(o, ACTIONS) for o in outputs]
+    unconstrained = dialogue_management_metrics(parsed, [list(a) for a in free.actions], ACTIONS)
+    metrics.update({f"dm.free_generation.{k}": v for k, v in unconstrained.items()})
+    free_output = dict(zip(free.instance_id, outputs))
+    return metrics, pd.DataFrame({"instance_id": dm.instance_id, "dialogue_id": dm.dialogue_id,
+                                  "predicted_actions": predicted, "gold_actions": gold,
+                                  "free_generation": [free_output.get(i) for i in dm.instance_id]})
 
 
 def evaluate(run: EvalRun) -> EvalResult:

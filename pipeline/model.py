@@ -372,26 +372,24 @@ class RetrievableLM:
         batch_size: int = 8,
         max_prompt_length: int = 1024,
         progress: bool | None = None,
+        starts: Sequence[str] | None = None,
     ) -> list[str]:
-        """Greedy generation, batched with left padding; stops at EOS. Returns the new text only."""
+        """Greedy generation, batched with left padding; stops at EOS. Returns the new text only. ``starts``: text per
+        prompt the output must begin with (tokens after the cut prompt, as ``tokenize_pairs``), continued, not returned."""
         was_training = self.model.training
         self.model.eval()
         encoded = self.tokenizer([generation_prefix(p) for p in prompts], add_special_tokens=True)["input_ids"]
         encoded = [ids[-max_prompt_length:] for ids in encoded]
+        if starts is not None:
+            encoded = [ids + s for ids, s in zip(encoded, self.tokenizer(list(starts), add_special_tokens=False)["input_ids"])]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         results: list[str] = [""] * len(prompts)
         batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
         show = progress if progress is not None else len(batches) > 10
         for chunk in tqdm(batches, desc="generate", unit="batch", disable=not show):
             ids, mask = self.pad([encoded[i] for i in chunk], side="left")
-            output = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
+            output = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                         eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
             for row, index in enumerate(chunk):
                 results[index] = self.tokenizer.decode(output[row, ids.shape[1]:], skip_special_tokens=True).strip()
         self.model.train(was_training)

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pipeline import templates
 from pipeline.catalogue import rank_scores
 from pipeline.data.items import item_titles
+from pipeline.dm_policy import dm_decide
 from pipeline.encoder import Encoder
 from pipeline.errors import MissingArtifactError
 from pipeline.grounding import Catalogue, Reply, ground_reply
@@ -42,20 +43,24 @@ KNOWLEDGE_NEIGHBOURS = 8
 # What `evaluate@<dataset>` saves in data/eval/<dataset>/ for `from_run`.
 RUN_MANIFEST = "recommender.json"
 ITEMS_FILE, BIAS_FILE, CONVERSATIONS_FILE = "reficr_items.npy", "reficr_item_bias.npy", "reficr_conversations.npy"
-# dialogue management chooses among the action sequences of at least this share of the training turns
-DM_CHOICE_MIN_SHARE = 0.01
 # the key/value cache's name in model outputs and forward arguments: `cache` since transformers 5.2x, `past_key_values`
 # before (the GPU machines' image has 5.17; the old name is deprecated in 5.24 and due to go)
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 DM_TAG_TOKENS = 64  # room for a sequence of <a>Action</a> tags (three actions take ~20 tokens)
 
 
-def dm_choices(train_actions: list[list[str]], min_share: float = DM_CHOICE_MIN_SHARE) -> list[list[str]]:
-    """The action sequences of at least ``min_share`` of the training turns, most frequent first (ties: first
-    seen): what dialogue management chooses among when its generation names no action."""
-    counts = Counter(tuple(a) for a in train_actions if len(a))
-    floor = min_share * sum(counts.values())
-    return [list(a) for a, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n >= floor]
+def dm_evidence(lm: RetrievableLM, prompts: list[str], choices: list[list[str]], prompt_length: int,
+                progress: bool | None = None) -> np.ndarray:
+    """(prompts, choices): log-likelihood of each choice's tags (and ``DM_SEPARATOR``) as the start of the
+    output, minus the same under the content-free prompt (an empty conversation): what the conversation adds to
+    the model's preference, with its preference for a sequence whatever the conversation taken out (contextual
+    calibration, Zhao et al., ICML 2021). ``dm_decide`` weighs it against the training prior."""
+    starts = [action_tags(c) + DM_SEPARATOR for c in choices]
+    null = score_endings(lm, templates.dialogue_management_prompt(""), starts, prompt_length, DM_TAG_TOKENS, eos=False)
+    show = progress if progress is not None else len(prompts) > 20
+    rows = [score_endings(lm, p, starts, prompt_length, DM_TAG_TOKENS, eos=False)
+            for p in tqdm(prompts, desc="dialogue management", unit="turn", disable=not show)]
+    return np.stack(rows) - null[None, :] if rows else np.zeros((0, len(choices)))
 
 
 @torch.no_grad()
@@ -222,26 +227,27 @@ class ReFICR:
                                 max_prompt_length=self.settings.prompt_length)
 
     def manage(self, texts: list[str]) -> list[str]:
-        """Dialogue management: the generated explanation + ``<a>Action</a>`` tags per context."""
-        return self.manage_prompts([templates.dialogue_management_prompt(t) for t in texts])[0]
+        """Dialogue management: ``<a>Action</a>`` tags, then the generated explanation, per context."""
+        return self.manage_prompts([templates.dialogue_management_prompt(t) for t in texts])
 
-    def manage_prompts(self, prompts: list[str]) -> tuple[list[str], list[bool]]:
-        """Dialogue management on built prompts: the outputs, and per output whether its action was chosen by
-        scoring. Greedy generation first (the targets name the actions first, then explain them); where it names
-        no action (malformed), the most likely of ``settings.dm_choices`` (the action sequences of the training
-        split, so a turn can get the two actions it often needs) is chosen by its log-likelihood as the start of
-        the output (its tags and ``DM_SEPARATOR``, which ends a sequence so that a longer one is not penalised
-        for the tokens a shorter one lacks) and put before the generated text, so every turn gets an action and
-        the chat can act on it."""
-        outputs = self.generate(prompts, self.settings.max_new_tokens_dm)
-        missing = [i for i, o in enumerate(outputs) if parse_actions(o, ACTIONS) is None]
-        choices = self.settings.dm_choices or [[a] for a in ACTIONS]
-        starts = [action_tags(choice) + DM_SEPARATOR for choice in choices]
-        for i in missing:
-            scores = score_endings(self.lm, prompts[i], starts, self.settings.prompt_length, DM_TAG_TOKENS, eos=False)
-            outputs[i] = starts[int(np.argmax(scores))] + outputs[i].strip()
-        scored = set(missing)
-        return outputs, [i in scored for i in range(len(outputs))]
+    def choose_actions(self, prompts: list[str]) -> list[list[str]]:
+        """The action sequence per built DM prompt: of ``settings.dm_choices`` (the training split's frequent
+        sequences), the one the calibrated model and the training prior together favour (``dm_evidence``,
+        ``dm_decide`` with ``settings.dm_weight``, chosen on validation dialogues by ``validate_dm``)."""
+        s = self.settings
+        choices = s.dm_choices or [[a] for a in ACTIONS]
+        evidence = dm_evidence(self.lm, prompts, choices, s.prompt_length)
+        return [choices[i] for i in dm_decide(evidence, s.dm_log_prior, s.dm_weight)]
+
+    def manage_prompts(self, prompts: list[str]) -> list[str]:
+        """Dialogue management on built prompts, decoded under a constraint: the output starts with the tags of
+        the chosen action sequence (``choose_actions``: always one the chat can act on), and the model's greedy
+        generation continues it with the explanation (the targets name the actions first, then explain them)."""
+        starts = [action_tags(c) + DM_SEPARATOR for c in self.choose_actions(prompts)]
+        explanations = self.lm.generate(prompts, max_new_tokens=self.settings.max_new_tokens_dm,
+                                        batch_size=self.settings.generation_batch,
+                                        max_prompt_length=self.settings.prompt_length, starts=starts)
+        return [start + text.strip() for start, text in zip(starts, explanations)]
 
     def retrieve(self, texts: list[str], instruction: str = templates.CONV2ITEM_QUERY) -> list[list[str]]:
         """Conv2Item: the top ``top_k`` items of the whole corpus per context."""

@@ -10,15 +10,18 @@ settings they were made with, which `reficr recommend` / `reficr chat` load thro
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, Timer, build_system, evaluate
 from pipeline.io import atomic_dir, atomic_path, write_json
-from pipeline.recommender import dm_choices
+from pipeline.dm_policy import dm_choices, dm_log_prior
+from pipeline.errors import MissingArtifactError
 from pipeline.catalogue import prior_choice, trained_item_side
 from pipeline.settings import ModelSettings, RecommenderSettings
 from stages._common import ROOT, load_params, setup_logging, user_errors
@@ -27,11 +30,23 @@ from stages._params import model_settings
 log = logging.getLogger("stages.evaluate")
 BASE = ROOT / "models/base"
 VALIDATION_CURVE = "plots/finetune_validation.csv"  # fine-tuning's validation passes (retrieval+prior's beta)
+DM_VALIDATION = "metrics/dm_validation.json"  # stage validate_dm: dialogue management's weight
 
 
-def recommender_settings(params: dict, dm_train: pd.DataFrame) -> RecommenderSettings:
+def dm_validation(root: Path = ROOT) -> dict:
+    """Dialogue management's weight as ``validate_dm`` chose it on validation dialogues, with its validation scores."""
+    path = root / DM_VALIDATION
+    if not path.exists():
+        raise MissingArtifactError(f"{path}: not found; expected dialogue management's validated weight: "
+                                   "`dvc repro validate_dm` writes it")
+    return json.loads(path.read_text())
+
+
+def recommender_settings(params: dict, dm_train: pd.DataFrame, weight: float) -> RecommenderSettings:
     """The workflow's settings; dialogue management chooses among the action sequences of ``dm_train`` (the
-    training split's)."""
+    training split's), weighing the model's evidence by ``weight`` against their training shares."""
+    actions = [list(a) for a in dm_train["actions"]]
+    choices = dm_choices(actions)
     ranking, ev, ln, ins = params["ranking"], params["eval"], params["lengths"], params["instructions"]
     return RecommenderSettings(
         candidates=ranking["candidates"], knowledge_utterances=ranking["knowledge_utterances"], top_k=ev["top_k"],
@@ -39,7 +54,7 @@ def recommender_settings(params: dict, dm_train: pd.DataFrame) -> RecommenderSet
         prompt_length=ln["prompt"], context_max_utterances=ins["context_max_utterances"], context_max_chars=ins["context_max_chars"],
         embed_batch=params["embed"]["batch_size"], generation_batch=ev["generation_batch"], max_new_tokens_dm=ev["max_new_tokens_dm"],
         max_new_tokens_ranking=ev["max_new_tokens_ranking"], max_new_tokens_response=ev["max_new_tokens_response"],
-        dm_choices=dm_choices([list(a) for a in dm_train["actions"]]))
+        dm_choices=choices, dm_log_prior=dm_log_prior(actions, choices), dm_weight=weight)
 
 
 def eval_settings(params: dict, dataset: str) -> EvalSettings:
@@ -49,7 +64,7 @@ def eval_settings(params: dict, dataset: str) -> EvalSettings:
     prior = prior_choice(pd.read_csv(curve), dataset) if curve.exists() and curve.stat().st_size else None
     return EvalSettings(ev["max_retrieval"][dataset], ev["max_generation"][dataset], ev["max_responses"], ev["max_dm"],
                         params["lengths"]["target"], ev["bootstrap"], params["seed"], params["finetune"]["temperature"],
-                        ev["prior_betas"], ev["max_validation"], prior)
+                        ev["prior_betas"], ev["max_validation"], prior, ev["max_dm_generation"])
 
 
 def write_outputs(dataset: str, result: EvalResult, model: ModelSettings) -> None:
@@ -70,13 +85,16 @@ def main(dataset: str) -> None:
     setup_logging()
     params = load_params()
     data = EvalData.read(ROOT, dataset, with_dm=dataset == "redial")
-    model, settings = model_settings(params), recommender_settings(params, data.dm_train)
+    chosen = dm_validation()
+    model, settings = model_settings(params), recommender_settings(params, data.dm_train, float(chosen["weight"]))
     base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)
     items, bias = trained_item_side(ROOT / "models/reficr", dataset, base_items)
     run = EvalRun(data, lambda: build_system(model.load(BASE), data, settings, base_items),
                   lambda: build_system(model.load(BASE, adapter=ROOT / "models/reficr", merge=True), data, settings, items, bias),
                   eval_settings(params, dataset), settings, Timer())
     result = evaluate(run)
+    if data.dm_test is not None:  # how the weight was chosen, beside the test numbers
+        result.metrics.update({f"dm.validation.{k}": v for k, v in chosen.items() if k != "weight"})
     write_outputs(dataset, result, model)
     log.info("%s: %s", dataset, {k: v for k, v in result.metrics.items() if k.endswith(".full.recall@10.per_item")})
 

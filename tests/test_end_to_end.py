@@ -57,7 +57,15 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
         sample = predictions[predictions.system == "context_echo"].instance_id.tolist()
         for k in (1, 10):
             assert metrics[f"context_echo.full.recall@{k}.per_item"] == pytest.approx(echo_recall(repo, dataset, sample, k), abs=1e-6)
-    assert {"dm.accuracy", "dm.majority.accuracy", "dm.majority.micro_f1"} <= set(json.loads((repo / "metrics/redial.json").read_text()))
+    redial = json.loads((repo / "metrics/redial.json").read_text())
+    assert {"dm.accuracy", "dm.majority.accuracy", "dm.majority.micro_f1", "paired.dm-majority.accuracy.ci_low",
+            "dm.free_generation.parse_rate", "dm.validation.accuracy"} <= set(redial)
+    assert redial["dm.parse_rate"] == 1.0  # the scored choice always names an action the chat can act on
+    validation = json.loads((repo / "metrics/dm_validation.json").read_text())
+    sweep = pd.read_csv(repo / "plots/dm_validation.csv")
+    assert sweep.weight.tolist() == params["eval"]["dm_validation"]["weights"] and set(sweep.n) == {validation["n"]}
+    assert redial["dm.weight"] == validation["weight"] and validation["accuracy"] == sweep.accuracy.max()
+    assert json.loads((repo / "data/eval/inspired/recommender.json").read_text())["settings"]["dm_weight"] == validation["weight"]
     assert (repo / "metrics/summary.md").read_text().startswith("# reficr evaluation summary")
     # the trained recommender answers from the command line
     (tmp_path / "in.jsonl").write_text(json.dumps({"context": [{"speaker": "seeker", "text": "I loved Super Troopers (2001), any other comedies?"}]}) + "\n")
@@ -77,8 +85,10 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     assert changed == {"mine_negatives", "finetune"}, status
     # an inference-only setting leaves training alone; an evaluation sample size touches one evaluation only
     for key, value, expected in ((("model", "inference_dtype"), "float32",
-                                  {"mine_negatives", "embed_base_items@redial", "embed_base_items@inspired", "evaluate@redial", "evaluate@inspired"}),
-                                 (("eval", "max_retrieval", "redial"), 29, {"evaluate@redial"})):
+                                  {"mine_negatives", "embed_base_items@redial", "embed_base_items@inspired", "validate_dm",
+                                   "evaluate@redial", "evaluate@inspired"}),
+                                 (("eval", "max_retrieval", "redial"), 29, {"evaluate@redial"}),
+                                 (("eval", "dm_validation", "weights"), [0, 0.5], {"validate_dm"})):
         changed_params = yaml.safe_load(yaml.safe_dump(original))
         node = changed_params
         for part in key[:-1]:

@@ -67,3 +67,27 @@ def test_the_evaluate_stage_reads_the_beta_from_the_validation_curve(tmp_path, m
     chosen = stage.eval_settings(params, "redial").prior
     assert (chosen.beta, chosen.step, chosen.n) == (1, 72, 1239)
     assert stage.eval_settings(params, "inspired").prior.beta == 0.5
+
+
+def test_the_evaluate_stage_takes_the_dm_weight_validate_dm_chose(tmp_path, monkeypatch):
+    import json
+    import math
+
+    import pandas as pd
+    import yaml
+
+    import stages.evaluate as stage
+    from pipeline.errors import MissingArtifactError
+
+    params = yaml.safe_load((stage.ROOT / "profiles/small.yaml").read_text())
+    with pytest.raises(MissingArtifactError, match="validate_dm"):
+        stage.dm_validation(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / stage.DM_VALIDATION).write_text(json.dumps({"weight": 0.5, "accuracy": 0.4, "n": 150}))
+    assert stage.dm_validation(tmp_path)["weight"] == 0.5
+    dm_train = pd.DataFrame({"actions": [["Recommend", "Explain"]] * 3 + [["Chat"]] + [[]]})
+    settings = stage.recommender_settings(params, dm_train, 0.5)
+    assert settings.dm_choices == [["Recommend", "Explain"], ["Chat"]] and settings.dm_weight == 0.5
+    assert settings.dm_log_prior == pytest.approx([math.log(0.75), math.log(0.25)])
+    monkeypatch.setattr(stage, "ROOT", tmp_path)
+    assert stage.eval_settings(params, "redial").max_dm_generation == params["eval"]["max_dm_generation"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline import templates
 from pipeline.data.ingest import ingest
 from pipeline.encoder import Encoder
-from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR, context_item_lists, dm_choices, score_endings
+from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR, context_item_lists, dm_evidence, score_endings
 from pipeline.settings import ModelSettings, RecommenderSettings
 
 from tests.conftest import RAW
@@ -86,29 +87,66 @@ def test_from_run_names_the_dvc_target_that_makes_a_missing_run(tmp_path):
         ReFICR.from_run(tmp_path, "inspired")
 
 
+def summed_logprobs(lm, prompts: list[str], targets: list[str]) -> np.ndarray:
+    """log p(target | prompt) per pair, without EOS, through the training code's path (``target_logprobs``)."""
+    pairs = lm.tokenize_pairs(prompts, targets, SETTINGS.prompt_length, 64, eos=False)
+    with torch.no_grad():
+        return np.array([float((lp * m).sum()) for lp, m in zip(*lm.target_logprobs(pairs))])
+
+
 @pytest.mark.slow
-def test_dialogue_management_scores_an_action_where_generation_names_none(system):
+def test_dm_evidence_is_the_log_likelihood_calibrated_by_the_content_free_prompt(system):
+    from pipeline.instructions import ACTIONS
+
+    reficr, _ = system
+    prompts = [templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight"),
+               templates.dialogue_management_prompt("Seeker: thanks, that's all, bye!")]
+    choices = [[a] for a in ACTIONS] + [["Recommend", "Explain"]]
+    starts = ["".join(f"<a>{a}</a>" for a in c) + "\n" for c in choices]  # the output's start: no EOS, an explanation follows
+    evidence = dm_evidence(reficr.lm, prompts, choices, SETTINGS.prompt_length)
+    null = summed_logprobs(reficr.lm, [templates.dialogue_management_prompt("")] * len(starts), starts)
+    for row, prompt in zip(evidence, prompts):
+        np.testing.assert_allclose(row, summed_logprobs(reficr.lm, [prompt] * len(starts), starts) - null, atol=1e-3)
+    assert not np.allclose(evidence[0], evidence[1], atol=1e-3)  # the conversation moves it
+
+
+@pytest.mark.slow
+def test_generation_continues_a_forced_start(system):
+    reficr, _ = system
+    prompt = templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight")
+    start = "<a>Recommend</a>\n"
+    first = reficr.lm.generate([prompt], max_new_tokens=1, starts=[start])[0]
+    pairs = reficr.lm.tokenize_pairs([prompt], [start], SETTINGS.prompt_length, 64, eos=False)
+    with torch.no_grad():
+        logits = reficr.lm.model(input_ids=torch.tensor([pairs[0][0]])).logits[0, -1]
+    assert first == reficr.lm.tokenizer.decode([int(logits.argmax())], skip_special_tokens=True).strip()
+    assert reficr.lm.generate([prompt], max_new_tokens=6, starts=[start]) != reficr.lm.generate([prompt], max_new_tokens=6)
+
+
+@pytest.mark.slow
+def test_dialogue_management_starts_with_the_chosen_actions_then_explains(system):
+    from dataclasses import replace
+
     from pipeline.instructions import ACTIONS
     from pipeline.metrics import parse_actions
 
     reficr, _ = system
+    choices = [["Recommend", "Explain"], ["Respond", "Chat"], ["Request"]]
     prompts = [templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight")]
-    free = reficr.generate(prompts, SETTINGS.max_new_tokens_dm)
-    assert parse_actions(free[0], ACTIONS) is None  # the un-tuned model does not answer in <a></a> tags
-    outputs, scored = reficr.manage_prompts(prompts)
-    assert scored == [True] and outputs[0].endswith(free[0].strip())
-    starts = [f"<a>{a}</a>\n" for a in ACTIONS]  # each action as the output's start (no EOS: an explanation follows)
-    pairs = reficr.lm.tokenize_pairs(prompts * len(ACTIONS), starts, SETTINGS.prompt_length, 64, eos=False)
-    loglik = [float((lp * m).sum()) for lp, m in zip(*reficr.lm.target_logprobs(pairs))]
-    assert parse_actions(outputs[0], ACTIONS) == [ACTIONS[int(np.argmax(loglik))]]
-    assert outputs[0] == starts[int(np.argmax(loglik))] + free[0].strip()
-    assert reficr.manage(["Seeker: Hi! I want a funny movie for tonight"]) == outputs
-
-
-def test_dm_choices_are_the_frequent_training_sequences():
-    train = [["Recommend", "Explain"]] * 5 + [["Chat"]] * 3 + [["Explain", "Recommend"]] * 1 + [["Request"]] * 1 + [[]]
-    assert dm_choices(train, min_share=0.1) == [["Recommend", "Explain"], ["Chat"], ["Explain", "Recommend"], ["Request"]]
-    assert dm_choices(train, min_share=0.2) == [["Recommend", "Explain"], ["Chat"]]  # 5 and 3 of 10 with an action
+    model_choice = int(np.argmax(dm_evidence(reficr.lm, prompts, choices, SETTINGS.prompt_length)[0]))
+    settings = replace(SETTINGS, dm_choices=choices, dm_log_prior=[], dm_weight=1.0)  # uniform prior: the model decides
+    chooser = ReFICR(reficr.lm, reficr.corpus, reficr.store, reficr.title, settings)
+    assert chooser.choose_actions(prompts) == [choices[model_choice]]
+    outputs = chooser.manage_prompts(prompts)
+    start = "".join(f"<a>{a}</a>" for a in choices[model_choice]) + "\n"
+    explanation = reficr.lm.generate(prompts, max_new_tokens=SETTINGS.max_new_tokens_dm, starts=[start])[0]
+    assert outputs == [start + explanation.strip()] and parse_actions(outputs[0], ACTIONS) == choices[model_choice]
+    assert chooser.manage(["Seeker: Hi! I want a funny movie for tonight"]) == outputs
+    # weight 0: the prior alone, whatever the model says
+    other = (model_choice + 1) % len(choices)
+    prior = [np.log(0.8) if i == other else np.log(0.1) for i in range(len(choices))]
+    majority = ReFICR(reficr.lm, reficr.corpus, reficr.store, reficr.title, replace(settings, dm_log_prior=prior, dm_weight=0.0))
+    assert majority.choose_actions(prompts * 2) == [choices[other]] * 2
 
 
 @pytest.mark.slow
@@ -121,20 +159,3 @@ def test_scoring_endings_on_a_shared_prefix_equals_scoring_each_whole_sequence(s
     whole = [s.sum() for s in reficr.lm.score([prompt] * len(endings), endings, max_prompt_length=SETTINGS.prompt_length)]
     np.testing.assert_allclose(fast, whole, atol=1e-3)
     assert len(set(np.round(fast, 3))) == len(endings)  # different endings, different scores
-
-
-@pytest.mark.slow
-def test_dialogue_management_can_choose_two_actions(system):
-    from dataclasses import replace
-
-    from pipeline.instructions import ACTIONS
-    from pipeline.metrics import parse_actions
-
-    reficr, _ = system
-    two = [["Recommend", "Explain"], ["Respond", "Chat"]]
-    chooser = ReFICR(reficr.lm, reficr.corpus, reficr.store, reficr.title, replace(SETTINGS, dm_choices=two))
-    prompts = [templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight")]
-    outputs, scored = chooser.manage_prompts(prompts)
-    starts = ["".join(f"<a>{a}</a>" for a in c) + "\n" for c in two]
-    best = two[int(np.argmax(score_endings(reficr.lm, prompts[0], starts, SETTINGS.prompt_length, 64, eos=False)))]
-    assert scored == [True] and parse_actions(outputs[0], ACTIONS) == best and len(best) == 2
