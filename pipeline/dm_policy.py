@@ -54,15 +54,17 @@ def dm_decide(evidence: np.ndarray, log_prior: Sequence[float], weight: float) -
 
 
 def validation_split(dm_train: pd.DataFrame, fraction: float, limit: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(fit, valid): the turns of the training dialogues whose seeded hash is below ``fraction`` are validation
-    (at most ``limit`` of them, a seeded sample; 0 = all), the other dialogues' turns fit the choices and prior."""
-    held = dm_train["dialogue_id"].map(lambda d: hash_fraction(f"dm-validation:{d}", seed) < fraction)
-    fit = dm_train[~held].reset_index(drop=True)
-    valid = cap(dm_train[held].reset_index(drop=True), limit or None, seed)
-    if fit.empty or valid.empty:
-        raise DataError(f"dialogue-management validation: {len(fit)} fitting and {len(valid)} validation turns "
-                         f"(fraction {fraction} of {dm_train['dialogue_id'].nunique()} dialogues); expected both non-empty")
-    return fit, valid
+    """(fit, valid): the turns of ``fraction`` of the training dialogues (those with the smallest seeded hash; at
+    least one, never all) are validation (at most ``limit`` of them, a seeded sample; 0 = all), the other dialogues'
+    turns fit the choices and prior."""
+    dialogues = sorted(dm_train["dialogue_id"].unique(), key=lambda d: (hash_fraction(f"dm-validation:{d}", seed), d))
+    if len(dialogues) < 2:
+        raise DataError(f"dialogue-management validation: {len(dialogues)} training dialogue(s); expected at least 2 "
+                        "(one to fit the choices, one to validate)")
+    held = set(dialogues[: min(max(1, round(fraction * len(dialogues))), len(dialogues) - 1)])
+    in_valid = dm_train["dialogue_id"].isin(held)
+    fit = dm_train[~in_valid].reset_index(drop=True)
+    return fit, cap(dm_train[in_valid].reset_index(drop=True), limit or None, seed)
 
 
 def weight_sweep(evidence: np.ndarray, choices: list[list[str]], log_prior: list[float], gold: list[list[str]],

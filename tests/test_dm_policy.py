@@ -50,12 +50,16 @@ def test_validation_split_holds_out_whole_dialogues():
     fit, valid = validation_split(frame(rows), 0.25, 0, seed=0)
     assert len(fit) + len(valid) == 200 and len(valid) % 5 == 0  # every turn of a held-out dialogue
     assert not set(fit.dialogue_id) & set(valid.dialogue_id)
-    assert 3 <= valid.dialogue_id.nunique() <= 17  # about a quarter of 40
+    assert valid.dialogue_id.nunique() == 10  # a quarter of 40
     again, capped = validation_split(frame(rows), 0.25, 7, seed=0)
     assert len(capped) == 7 and set(capped.instance_id) <= set(valid.instance_id) and again.equals(fit)
-    assert not validation_split(frame(rows), 0.25, 0, seed=1)[1].instance_id.equals(valid.instance_id)
-    with pytest.raises(DataError, match="validation turns"):
-        validation_split(frame(rows), 0.0, 0, seed=0)
+    assert set(validation_split(frame(rows), 0.25, 0, seed=1)[1].dialogue_id) != set(valid.dialogue_id)
+    two = frame([("a", ["Chat"]), ("b", ["Request"]), ("b", ["Chat"])])
+    for fraction in (0.0, 0.3, 1.0):  # one dialogue each way, whatever the fraction
+        fit, valid = validation_split(two, fraction, 0, seed=0)
+        assert fit.dialogue_id.nunique() == valid.dialogue_id.nunique() == 1
+    with pytest.raises(DataError, match="at least 2"):
+        validation_split(frame([("a", ["Chat"])] * 3), 0.5, 0, seed=0)
 
 
 def test_weight_sweep_and_the_chosen_weight():
