@@ -11,8 +11,8 @@ scores DM: the unconstrained greedy generation (parse rate, accuracy of the exac
 scored choice (``dm_evidence``, ``dm_decide``) at each weight of ``eval.dm_validation.weights`` (weight 0 is the
 majority action set of the probe's training turns). The IARD test dialogues are never read.
 
-bench/results-dm-probe.json was recorded with the probe's previous version (commit 42a9d7c: generation, with a
-scored, uncalibrated choice only where it named no action; ``parse_rate`` is the generation's).
+The first table in bench/README.md is the probe's previous version (commit 42a9d7c: generation, with a scored,
+uncalibrated choice only where it named no action); bench/results-dm-probe.json is this version's run.
 
 The pipeline's fine-tuning draws its generation batch task-uniformly (ranking, DM, response), so 72 steps of 2
 show DM about 48 examples: the probe says what 48, 120 or 240 buy.

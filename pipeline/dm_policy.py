@@ -4,8 +4,11 @@ evidence (``pipeline.recommender.dm_evidence``) counts against the training prio
 
 The validation turns are the IARD *training* turns of a seeded share of the training dialogues (the held-out IARD
 dialogues are the test split, read by ``evaluate`` alone); the other training turns give the choices and their
-prior while the weight is chosen. The weight that gives the best exact-set accuracy wins (ties: the better
-micro-F1, then the smaller weight, i.e. the one closer to the prior alone).
+prior while the weight is chosen (``evaluate`` then refits both on every training turn). The weight that gives the
+best exact-set accuracy wins (ties: the better micro-F1, then the smaller weight, i.e. the one closer to the prior
+alone). Caveat: fine-tuning draws its DM examples from every training dialogue, these included (the ``small``
+profile draws ~48 of 1,500), so a few validation turns may have been trained on; keeping them out of fine-tuning
+is the clean fix (it re-runs training).
 """
 
 from __future__ import annotations
@@ -47,9 +50,13 @@ def dm_log_prior(train_actions: list[list[str]], choices: list[list[str]]) -> li
 
 def dm_decide(evidence: np.ndarray, log_prior: Sequence[float], weight: float) -> np.ndarray:
     """Index of the chosen action sequence per row of ``evidence`` (``dm_evidence``): the largest
-    ``weight * evidence + log prior`` (ties: the more frequent choice). ``weight`` 0 is the prior alone (the
-    majority sequence every time), 1 the calibrated model taken at its word."""
+    ``weight * evidence + log prior`` (ties: the more frequent choice). ``weight`` 0 is the prior alone (the most
+    frequent sequence every time: on IARD the majority action set's usual order), 1 the calibrated model taken at
+    its word. Choices are sequences: two orders of one set are two choices, each with its own share."""
     prior = np.zeros(evidence.shape[1]) if not len(log_prior) else np.asarray(log_prior, dtype=np.float64)
+    if prior.shape != (evidence.shape[1],):
+        raise ParamError(f"dialogue management: {len(prior)} prior shares for {evidence.shape[1]} choices; expected one "
+                         "per choice (dm_log_prior of the same dm_choices)")
     return np.argmax(weight * evidence + prior[None, :], axis=1)
 
 

@@ -340,7 +340,8 @@ def dialogue_management(run: EvalRun) -> tuple[dict[str, float], pd.DataFrame]:
     diffs = [float(set(p) == set(g)) - float(set(majority) == set(g)) for p, g in zip(predicted, gold)]
     low, high = bootstrap_ci(diffs, dm.dialogue_id.tolist(), s.bootstrap, s.seed)
     metrics.update({"paired.dm-majority.accuracy": float(np.mean(diffs)) if diffs else float("nan"),
-                    "paired.dm-majority.accuracy.ci_low": low, "paired.dm-majority.accuracy.ci_high": high})
+                    "paired.dm-majority.accuracy.ci_low": low, "paired.dm-majority.accuracy.ci_high": high,
+                    "paired.dm-majority.accuracy.n": len(diffs)})
     free = cap(dm, s.max_dm_generation or None, s.seed)
     with run.timer("dialogue management, free generation"):
         outputs = run.reficr.generate(free.prompt.tolist(), run.reficr.settings.max_new_tokens_dm)

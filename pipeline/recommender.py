@@ -49,14 +49,26 @@ CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ 
 DM_TAG_TOKENS = 64  # room for a sequence of <a>Action</a> tags (three actions take ~20 tokens)
 
 
+def dm_starts(choices: list[list[str]]) -> list[str]:
+    """Each choice as the start of a DM output: its tags and ``DM_SEPARATOR`` (which ends a sequence, so that a
+    longer one is not penalised for the tokens a shorter one lacks)."""
+    return [action_tags(c) + DM_SEPARATOR for c in choices]
+
+
+def dm_null(lm: RetrievableLM, choices: list[list[str]], prompt_length: int) -> np.ndarray:
+    """Each choice's log-likelihood as the output's start under the content-free prompt (an empty conversation)."""
+    return score_endings(lm, templates.dialogue_management_prompt(""), dm_starts(choices), prompt_length, DM_TAG_TOKENS,
+                         eos=False)
+
+
 def dm_evidence(lm: RetrievableLM, prompts: list[str], choices: list[list[str]], prompt_length: int,
-                progress: bool | None = None) -> np.ndarray:
-    """(prompts, choices): log-likelihood of each choice's tags (and ``DM_SEPARATOR``) as the start of the
-    output, minus the same under the content-free prompt (an empty conversation): what the conversation adds to
-    the model's preference, with its preference for a sequence whatever the conversation taken out (contextual
-    calibration, Zhao et al., ICML 2021). ``dm_decide`` weighs it against the training prior."""
-    starts = [action_tags(c) + DM_SEPARATOR for c in choices]
-    null = score_endings(lm, templates.dialogue_management_prompt(""), starts, prompt_length, DM_TAG_TOKENS, eos=False)
+                progress: bool | None = None, null: np.ndarray | None = None) -> np.ndarray:
+    """(prompts, choices): log-likelihood of each choice as the start of the output, minus the same under the
+    content-free prompt (``dm_null``, given or computed): what the conversation adds to the model's preference,
+    with its preference for a sequence whatever the conversation taken out (contextual calibration, Zhao et al.,
+    ICML 2021). ``dm_decide`` weighs it against the training prior."""
+    starts = dm_starts(choices)
+    null = dm_null(lm, choices, prompt_length) if null is None else null
     show = progress if progress is not None else len(prompts) > 20
     rows = [score_endings(lm, p, starts, prompt_length, DM_TAG_TOKENS, eos=False)
             for p in tqdm(prompts, desc="dialogue management", unit="turn", disable=not show)]
@@ -183,6 +195,7 @@ class ReFICR:
         self.lm, self.corpus, self.store, self.title, self.settings = lm, corpus, store, title, settings
         self.encoder = Encoder(lm, settings.query_length, settings.document_length, settings.embed_batch)
         self.catalogue = Catalogue(title.values())
+        self._dm_null: np.ndarray | None = None  # dm_null of settings.dm_choices, computed on first use
 
     # ------------------------------------------------------------------ loading a trained run
     @classmethod
@@ -236,14 +249,18 @@ class ReFICR:
         ``dm_decide`` with ``settings.dm_weight``, chosen on validation dialogues by ``validate_dm``)."""
         s = self.settings
         choices = s.dm_choices or [[a] for a in ACTIONS]
-        evidence = dm_evidence(self.lm, prompts, choices, s.prompt_length)
+        if s.dm_weight == 0:  # the prior alone: the model's evidence would be multiplied by 0
+            return [choices[i] for i in dm_decide(np.zeros((len(prompts), len(choices))), s.dm_log_prior, 0.0)]
+        if self._dm_null is None:  # the content-free prompt's scores, once per system
+            self._dm_null = dm_null(self.lm, choices, s.prompt_length)
+        evidence = dm_evidence(self.lm, prompts, choices, s.prompt_length, null=self._dm_null)
         return [choices[i] for i in dm_decide(evidence, s.dm_log_prior, s.dm_weight)]
 
     def manage_prompts(self, prompts: list[str]) -> list[str]:
         """Dialogue management on built prompts, decoded under a constraint: the output starts with the tags of
         the chosen action sequence (``choose_actions``: always one the chat can act on), and the model's greedy
         generation continues it with the explanation (the targets name the actions first, then explain them)."""
-        starts = [action_tags(c) + DM_SEPARATOR for c in self.choose_actions(prompts)]
+        starts = dm_starts(self.choose_actions(prompts))
         explanations = self.lm.generate(prompts, max_new_tokens=self.settings.max_new_tokens_dm,
                                         batch_size=self.settings.generation_batch,
                                         max_prompt_length=self.settings.prompt_length, starts=starts)

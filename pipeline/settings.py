@@ -58,9 +58,10 @@ class RecommenderSettings:
     max_new_tokens_dm: int
     max_new_tokens_ranking: int
     max_new_tokens_response: int
-    # the action sequences dialogue management chooses among (``pipeline.recommender.dm_choices``; empty: each
+    # the action sequences dialogue management chooses among (``pipeline.dm_policy.dm_choices``; empty: each
     # single action), their log training shares (empty: uniform) and the weight of the model's calibrated evidence
-    # against that prior (``dm_decide``; 0: the prior alone), chosen on validation dialogues (stage validate_dm)
+    # against that prior (``dm_decide``), chosen on validation dialogues (stage validate_dm); 0, the prior alone,
+    # where none was chosen (a run saved before validate_dm existed)
     dm_choices: list[list[str]] = field(default_factory=list)
     dm_log_prior: list[float] = field(default_factory=list)
-    dm_weight: float = 1.0
+    dm_weight: float = 0.0

@@ -51,18 +51,24 @@ def table(name: str, m: dict) -> list[str]:
               f"- generated item mentions outside the corpus: {m['response.item_mentions_outside_corpus']} of {m['response.item_mentions']}",
               *grounding_lines(m),
               f"- ranking output parse rate (ranked+knowledge): {m['ranked+knowledge.ranking_output.parse_rate']:.3f}"]
-    if "dm.accuracy" in m:
+    if "dm.weight" in m:
         lines.append(
             f"- dialogue management on held-out IARD (n = {m['dm.n']}): accuracy {m['dm.accuracy']:.3f}, micro-F1 {m['dm.micro_f1']:.3f}; "
             f"majority action set ({m.get('dm.majority.actions', '?')}): accuracy {m.get('dm.majority.accuracy', float('nan')):.3f}, "
             f"micro-F1 {m.get('dm.majority.micro_f1', float('nan')):.3f}; accuracy difference "
             f"{fmt(m, 'paired.dm-majority.accuracy')} (paired bootstrap over dialogues). "
-            f"The action is the scored choice (weight {m.get('dm.weight', float('nan')):g} on the model's calibrated evidence "
+            f"The action is the scored choice (weight {m['dm.weight']:g} on the model's calibrated evidence "
             f"against the training prior, chosen on {m.get('dm.validation.n', '?')} validation turns: accuracy "
             f"{m.get('dm.validation.accuracy', float('nan')):.3f} vs majority {m.get('dm.validation.majority_accuracy', float('nan')):.3f}), "
             f"so every output names one (parse rate {m['dm.parse_rate']:.3f}); the paper's unconstrained generation names one in "
             f"{m.get('dm.free_generation.parse_rate', float('nan')):.3f} of {m.get('dm.free_generation.n', '?')} turns "
             f"(accuracy {m.get('dm.free_generation.accuracy', float('nan')):.3f}, micro-F1 {m.get('dm.free_generation.micro_f1', float('nan')):.3f})")
+    elif "dm.accuracy" in m:  # metrics written before the scored choice (generation, scored only where it named none)
+        lines.append(f"- dialogue management on held-out IARD: accuracy {m['dm.accuracy']:.3f}, micro-F1 {m['dm.micro_f1']:.3f}, "
+                     f"parse rate of the free generation {m['dm.parse_rate']:.3f}, the other {m.get('dm.action_scored', 0)} "
+                     f"had their action chosen by scoring (n = {m['dm.n']}); majority-action baseline "
+                     f"({m.get('dm.majority.actions', '?')}): accuracy {m.get('dm.majority.accuracy', float('nan')):.3f}, "
+                     f"micro-F1 {m.get('dm.majority.micro_f1', float('nan')):.3f}")
     return lines + [""]
 
 

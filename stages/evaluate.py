@@ -94,7 +94,8 @@ def main(dataset: str) -> None:
                   eval_settings(params, dataset), settings, Timer())
     result = evaluate(run)
     if data.dm_test is not None:  # how the weight was chosen, beside the test numbers
-        result.metrics.update({f"dm.validation.{k}": v for k, v in chosen.items() if k != "weight"})
+        result.metrics.update({f"dm.validation.{k}": round(v, 6) if isinstance(v, float) else v
+                               for k, v in chosen.items() if k != "weight"})
     write_outputs(dataset, result, model)
     log.info("%s: %s", dataset, {k: v for k, v in result.metrics.items() if k.endswith(".full.recall@10.per_item")})
 

@@ -38,6 +38,8 @@ def test_decision_weighs_the_evidence_against_the_prior():
     # weight 0.25: row 0: -0.51, 0.25 - 1.20 = -0.95, 0.75 - 2.30 = -1.55 -> the first
     assert dm_decide(evidence, prior, 0.25).tolist() == [0, 0]
     assert dm_decide(np.array([[1.0, 1.0]]), [], 1.0).tolist() == [0]  # no prior: uniform; a tie goes to the first
+    with pytest.raises(ParamError, match="2 prior shares for 3 choices"):
+        dm_decide(evidence, prior[:2], 1.0)
 
 
 def frame(rows: list[tuple[str, list[str]]]) -> pd.DataFrame:
