@@ -39,7 +39,7 @@ from pipeline.instructions import ACTIONS  # noqa: E402
 from pipeline.metrics import dialogue_management_metrics, majority_action_set, parse_actions  # noqa: E402
 from pipeline.model import RetrievableLM  # noqa: E402
 from pipeline.objectives import FinetuneObjective, GenerationTask  # noqa: E402
-from pipeline.dm_policy import dm_choices, dm_log_prior, weight_sweep  # noqa: E402
+from pipeline.dm_policy import fit_choices, weight_sweep  # noqa: E402
 from pipeline.recommender import ReFICR, dm_evidence  # noqa: E402
 from pipeline.settings import Lengths, RecommenderSettings  # noqa: E402
 from pipeline.training import TrainConfig, TrainLoop  # noqa: E402
@@ -74,8 +74,7 @@ def main() -> None:
         document_length=ln["document"], prompt_length=ln["prompt"], context_max_utterances=12, context_max_chars=1200,
         embed_batch=16, generation_batch=16, max_new_tokens_dm=args.max_new_tokens or params["eval"]["max_new_tokens_dm"],
         max_new_tokens_ranking=8, max_new_tokens_response=8)
-    choices = dm_choices(train_actions)
-    prior = dm_log_prior(train_actions, choices)
+    choices, prior = fit_choices(train_actions)
 
     random.seed(0)
     torch.manual_seed(0)

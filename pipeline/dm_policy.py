@@ -48,6 +48,12 @@ def dm_log_prior(train_actions: list[list[str]], choices: list[list[str]]) -> li
     return np.log(n / n.sum()).tolist()
 
 
+def fit_choices(train_actions: list[list[str]]) -> tuple[list[list[str]], list[float]]:
+    """``dm_choices`` of the training turns and their ``dm_log_prior``, index-aligned (what ``dm_decide`` needs)."""
+    choices = dm_choices(train_actions)
+    return choices, dm_log_prior(train_actions, choices)
+
+
 def dm_decide(evidence: np.ndarray, log_prior: Sequence[float], weight: float) -> np.ndarray:
     """Index of the chosen action sequence per row of ``evidence`` (``dm_evidence``): the largest
     ``weight * evidence + log prior`` (ties: the more frequent choice). ``weight`` 0 is the prior alone (the most

@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, Timer, build_system, evaluate
 from pipeline.io import atomic_dir, atomic_path, write_json
-from pipeline.dm_policy import dm_choices, dm_log_prior
+from pipeline.dm_policy import fit_choices
 from pipeline.errors import MissingArtifactError
 from pipeline.catalogue import prior_choice, trained_item_side
 from pipeline.settings import ModelSettings, RecommenderSettings
@@ -45,8 +45,7 @@ def dm_validation(root: Path = ROOT) -> dict:
 def recommender_settings(params: dict, dm_train: pd.DataFrame, weight: float) -> RecommenderSettings:
     """The workflow's settings; dialogue management chooses among the action sequences of ``dm_train`` (the
     training split's), weighing the model's evidence by ``weight`` against their training shares."""
-    actions = [list(a) for a in dm_train["actions"]]
-    choices = dm_choices(actions)
+    choices, prior = fit_choices([list(a) for a in dm_train["actions"]])
     ranking, ev, ln, ins = params["ranking"], params["eval"], params["lengths"], params["instructions"]
     return RecommenderSettings(
         candidates=ranking["candidates"], knowledge_utterances=ranking["knowledge_utterances"], top_k=ev["top_k"],
@@ -54,7 +53,7 @@ def recommender_settings(params: dict, dm_train: pd.DataFrame, weight: float) ->
         prompt_length=ln["prompt"], context_max_utterances=ins["context_max_utterances"], context_max_chars=ins["context_max_chars"],
         embed_batch=params["embed"]["batch_size"], generation_batch=ev["generation_batch"], max_new_tokens_dm=ev["max_new_tokens_dm"],
         max_new_tokens_ranking=ev["max_new_tokens_ranking"], max_new_tokens_response=ev["max_new_tokens_response"],
-        dm_choices=choices, dm_log_prior=dm_log_prior(actions, choices), dm_weight=weight)
+        dm_choices=choices, dm_log_prior=prior, dm_weight=weight)
 
 
 def eval_settings(params: dict, dataset: str) -> EvalSettings:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from pipeline.dm_policy import DMValidation, dm_choices, dm_log_prior, validation_split, weight_sweep
+from pipeline.dm_policy import DMValidation, fit_choices, validation_split, weight_sweep
 from pipeline.io import atomic_path, write_json
 from pipeline.recommender import dm_evidence
 from stages._common import ROOT, load_params, setup_logging, user_errors
@@ -34,8 +34,7 @@ def main() -> None:
     v = params["eval"]["dm_validation"]
     fit, valid = validation_split(pd.read_parquet(ROOT / "data/instructions/dm_train.parquet"), v["fraction"],
                                   v["max_turns"], params["seed"])
-    choices = dm_choices([list(a) for a in fit["actions"]])
-    prior = dm_log_prior([list(a) for a in fit["actions"]], choices)
+    choices, prior = fit_choices([list(a) for a in fit["actions"]])
     log.info("dialogue-management validation: %d turns of %d dialogues, %d choices fitted on %d turns",
              len(valid), valid["dialogue_id"].nunique(), len(choices), len(fit))
     lm = model_settings(params).load(ROOT / "models/base", adapter=ROOT / "models/reficr", merge=True)
