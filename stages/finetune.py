@@ -16,6 +16,7 @@ import logging
 import pandas as pd
 
 from pipeline.catalogue import BIAS_FILE, CatalogueValidation
+from pipeline.dm_policy import validation_split
 from pipeline.objectives import FinetuneObjective, finetune_tasks
 from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import lengths
@@ -31,7 +32,7 @@ INPUTS = (
 )
 # also fingerprinted (a checkpoint resumes only on the same inputs): what the catalogue objective and validation read
 VALIDATION_INPUTS = CATALOGUE_INPUTS + ("data/instructions/turns_valid.parquet",)
-USED = ("seed", "negatives", "model", "lengths", "embed", "finetune")
+USED = ("seed", "negatives", "model", "lengths", "embed", "finetune", "eval")  # eval: prior_betas, dm_validation
 
 
 def catalogue_inputs(params: dict):
@@ -50,11 +51,23 @@ def catalogue_inputs(params: dict):
                                             params["eval"]["prior_betas"])
 
 
+def dm_training_turns(params: dict, dm_train: pd.DataFrame) -> pd.DataFrame:
+    """Dialogue management's training turns less the dialogues ``validate_dm`` holds out (the same seeded split), so
+    its weight is chosen on dialogues the model was not trained on."""
+    v = params["eval"]["dm_validation"]
+    fit, _ = validation_split(dm_train, v["fraction"], 0, params["seed"])
+    log.info("dialogue management: %d of %d training turns (%d dialogues held out for validate_dm)", len(fit),
+             len(dm_train), dm_train["dialogue_id"].nunique() - fit["dialogue_id"].nunique())
+    return fit
+
+
 def main() -> None:
     setup_logging()
     params = load_params()
     f = params["finetune"]
     frames = [pd.read_parquet(ROOT / p) for p in INPUTS]
+    dm = INPUTS.index("data/instructions/dm_train.parquet")
+    frames[dm] = dm_training_turns(params, frames[dm])
     retrieval, generation = finetune_tasks(*frames)
     catalogue, validate = catalogue_inputs(params)
     if catalogue:  # Conv2Item against the whole catalogue replaces its mined form; Conv2Conv stays the paper's

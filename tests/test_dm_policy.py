@@ -85,3 +85,13 @@ def test_weight_sweep_and_the_chosen_weight():
     chosen = DMValidation.from_sweep(sweep, fit, valid)
     assert (chosen.weight, chosen.accuracy, chosen.n, chosen.dialogues) == (0.0, 0.75, 4, 1)
     assert (chosen.majority_accuracy, chosen.majority_micro_f1) == (0.75, pytest.approx(0.8))
+
+
+def test_finetune_trains_dialogue_management_on_no_validation_dialogue():
+    from stages.finetune import dm_training_turns
+
+    rows = [(f"iard:{d}", [["Recommend"], ["Chat"]][t % 2]) for d in range(20) for t in range(3)]
+    params = {"seed": 3, "eval": {"dm_validation": {"fraction": 0.2, "max_turns": 2, "weights": [0]}}}
+    trained = dm_training_turns(params, frame(rows))
+    _, valid = validation_split(frame(rows), 0.2, 0, seed=3)  # validate_dm's whole held-out set, before its cap
+    assert len(trained) == 60 - 12 and not set(trained.dialogue_id) & set(valid.dialogue_id)

@@ -83,12 +83,14 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     status = run(["dvc", "status"], repo, env)
     changed = stale_stages(status)
     assert changed == {"mine_negatives", "finetune"}, status
-    # an inference-only setting leaves training alone; an evaluation sample size touches one evaluation only
+    # an inference-only setting leaves training alone; an evaluation sample size touches one evaluation only; the
+    # dialogue-management validation split also shapes fine-tuning's DM turns
     for key, value, expected in ((("model", "inference_dtype"), "float32",
                                   {"mine_negatives", "embed_base_items@redial", "embed_base_items@inspired", "validate_dm",
                                    "evaluate@redial", "evaluate@inspired"}),
                                  (("eval", "max_retrieval", "redial"), 29, {"evaluate@redial"}),
-                                 (("eval", "dm_validation", "weights"), [0, 0.5], {"validate_dm"})):
+                                 (("eval", "dm_validation", "weights"), [0, 0.5], {"validate_dm"}),
+                                 (("eval", "dm_validation", "fraction"), 0.3, {"finetune", "validate_dm"})):
         changed_params = yaml.safe_load(yaml.safe_dump(original))
         node = changed_params
         for part in key[:-1]:
