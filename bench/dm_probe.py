@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -39,7 +40,7 @@ from pipeline.instructions import ACTIONS  # noqa: E402
 from pipeline.metrics import dialogue_management_metrics, majority_action_set, parse_actions  # noqa: E402
 from pipeline.model import RetrievableLM  # noqa: E402
 from pipeline.objectives import FinetuneObjective, GenerationTask  # noqa: E402
-from pipeline.dm_policy import fit_choices, weight_sweep  # noqa: E402
+from pipeline.dm_policy import SHARES, dm_sweep, fit_choices  # noqa: E402
 from pipeline.recommender import ReFICR, dm_evidence  # noqa: E402
 from pipeline.settings import Lengths, RecommenderSettings  # noqa: E402
 from pipeline.training import TrainConfig, TrainLoop  # noqa: E402
@@ -88,7 +89,8 @@ def main() -> None:
         outputs = reficr.generate(heldout.prompt.tolist(), settings.max_new_tokens_dm)
         free = dialogue_management_metrics([parse_actions(o, ACTIONS) for o in outputs], gold, ACTIONS)
         evidence = dm_evidence(lm, heldout.prompt.tolist(), choices, ln["prompt"])
-        sweep = weight_sweep(evidence, choices, prior, gold, params["eval"]["dm_validation"]["weights"])
+        sweep = dm_sweep(evidence, choices, [(SHARES, None, np.asarray(prior))], gold,
+                         params["eval"]["dm_validation"]["weights"])
         curve.append({"step": step, "examples": step * args.batch, "free_generation": free,
                       "scored": sweep.to_dict("records"), "seconds": round(time.perf_counter() - start, 1)})
         print(json.dumps(curve[-1]), flush=True)

@@ -24,6 +24,7 @@ import pandas as pd
 from pipeline import schemas, templates
 from pipeline.baselines import BM25Retriever, context_echo, log_counts, popularity_ranking, training_gold
 from pipeline.data.items import item_titles
+from pipeline.dm_policy import HEAD, SHARES
 from pipeline.instructions import ACTIONS, cap
 from pipeline.metrics import (Instance, bootstrap_ci, dedup, dialogue_management_metrics, distinct_n, majority_action_set,
                               paired_difference, parse_actions, perplexity, recommendation_metrics)
@@ -322,7 +323,8 @@ def grounding_metrics(replies: list[Reply], allowed: list[list[str]], contexts: 
 
 
 def dialogue_management(run: EvalRun) -> tuple[dict[str, float], pd.DataFrame]:
-    """Held-out IARD turns: the action set ReFICR chooses (``ReFICR.choose_actions``, what the chat acts on) against
+    """Held-out IARD turns: the action set ReFICR chooses (``ReFICR.choose_actions``, what the chat acts on: ``dm.prior``
+    says whether by the DM head or the training shares) against
     the majority action set of the training turns, exact-set accuracy and micro-F1, and their accuracy difference
     with a paired bootstrap CI over dialogues; then the paper's unconstrained generation on a sample of them
     (``max_dm_generation``): how often it names an action at all (its parse rate) and how well."""
@@ -333,6 +335,9 @@ def dialogue_management(run: EvalRun) -> tuple[dict[str, float], pd.DataFrame]:
         predicted = run.reficr.choose_actions(dm.prompt.tolist())
     metrics = {f"dm.{k}": v for k, v in dialogue_management_metrics(predicted, gold, ACTIONS).items()}
     metrics["dm.weight"] = run.reficr.settings.dm_weight
+    metrics["dm.prior"] = HEAD if run.reficr.settings.dm_head else SHARES
+    if run.reficr.settings.dm_head:
+        metrics["dm.head_l2"] = run.reficr.settings.dm_head["l2"]
     majority = majority_action_set([list(a) for a in run.data.dm_train.actions])
     baseline = dialogue_management_metrics([majority] * len(gold), gold, ACTIONS)
     metrics.update({f"dm.majority.{k}": baseline[k] for k in ("accuracy", "micro_f1")})

@@ -25,9 +25,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from pipeline import templates
 from pipeline.catalogue import rank_scores
 from pipeline.data.items import item_titles
-from pipeline.dm_policy import dm_decide
+from pipeline.dm_policy import DMHead, dm_decide
 from pipeline.encoder import Encoder
-from pipeline.errors import MissingArtifactError
+from pipeline.errors import MissingArtifactError, ParamError
 from pipeline.grounding import Catalogue, Reply, ground_reply
 from pipeline.index import build_index, search
 from pipeline.instructions import ACTIONS, DM_SEPARATOR, action_tags
@@ -196,6 +196,10 @@ class ReFICR:
         self.encoder = Encoder(lm, settings.query_length, settings.document_length, settings.embed_batch)
         self.catalogue = Catalogue(title.values())
         self._dm_null: np.ndarray | None = None  # dm_null of settings.dm_choices, computed on first use
+        self._dm_head = DMHead.from_dict(settings.dm_head) if settings.dm_head else None
+        if self._dm_head is not None and self._dm_head.choices != [list(c) for c in settings.dm_choices]:
+            raise ParamError("dialogue management: the DM head's choices are not settings.dm_choices; expected the head "
+                             "fitted on the same choices")
 
     # ------------------------------------------------------------------ loading a trained run
     @classmethod
@@ -245,16 +249,18 @@ class ReFICR:
 
     def choose_actions(self, prompts: list[str]) -> list[list[str]]:
         """The action sequence per built DM prompt: of ``settings.dm_choices`` (the training split's frequent
-        sequences), the one the calibrated model and the training prior together favour (``dm_evidence``,
-        ``dm_decide`` with ``settings.dm_weight``, chosen on validation dialogues by ``validate_dm``)."""
+        sequences), the one the prior and the calibrated model together favour (``dm_decide``): the prior is the DM
+        head's per-turn one where the run has a head (``settings.dm_head``), else the choices' training shares; the
+        model's evidence (``dm_evidence``) counts ``settings.dm_weight`` times (both chosen by ``validate_dm``)."""
         s = self.settings
         choices = s.dm_choices or [[a] for a in ACTIONS]
+        prior = self._dm_head.log_prior(prompts) if self._dm_head is not None else s.dm_log_prior
         if s.dm_weight == 0:  # the prior alone: the model's evidence would be multiplied by 0
-            return [choices[i] for i in dm_decide(np.zeros((len(prompts), len(choices))), s.dm_log_prior, 0.0)]
+            return [choices[i] for i in dm_decide(np.zeros((len(prompts), len(choices))), prior, 0.0)]
         if self._dm_null is None:  # the content-free prompt's scores, once per system
             self._dm_null = dm_null(self.lm, choices, s.prompt_length)
         evidence = dm_evidence(self.lm, prompts, choices, s.prompt_length, null=self._dm_null)
-        return [choices[i] for i in dm_decide(evidence, s.dm_log_prior, s.dm_weight)]
+        return [choices[i] for i in dm_decide(evidence, prior, s.dm_weight)]
 
     def manage_prompts(self, prompts: list[str]) -> list[str]:
         """Dialogue management on built prompts, decoded under a constraint: the output starts with the tags of

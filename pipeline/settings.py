@@ -65,3 +65,6 @@ class RecommenderSettings:
     dm_choices: list[list[str]] = field(default_factory=list)
     dm_log_prior: list[float] = field(default_factory=list)
     dm_weight: float = 0.0
+    # the DM head (``pipeline.dm_policy.DMHead`` as a dict), when validation chose it as the prior instead of the
+    # training shares: a per-turn log prior over the same choices (empty: the shares)
+    dm_head: dict = field(default_factory=dict)

@@ -8,6 +8,13 @@ from pipeline.evaluation import PAIRED, SYSTEM_NAMES
 DATASETS = (("redial", "ReDial"), ("inspired", "INSPIRED"))
 
 
+def dm_prior(m: dict) -> str:
+    """How dialogue management's prior was made, in words (metrics before the DM head have no ``dm.prior``)."""
+    if m.get("dm.prior") == "head":
+        return f"prior: the DM head, a logistic regression on the turn's words fitted on the training turns, L2 {m['dm.head_l2']:g}"
+    return "prior: the action sequences' training shares"
+
+
 def fmt(m: dict, key: str) -> str:
     value = m.get(key)
     if value is None:
@@ -57,8 +64,8 @@ def table(name: str, m: dict) -> list[str]:
             f"majority action set ({m.get('dm.majority.actions', '?')}): accuracy {m.get('dm.majority.accuracy', float('nan')):.3f}, "
             f"micro-F1 {m.get('dm.majority.micro_f1', float('nan')):.3f}; accuracy difference "
             f"{fmt(m, 'paired.dm-majority.accuracy')} (paired bootstrap over dialogues). "
-            f"The action is the scored choice (weight {m['dm.weight']:g} on the model's calibrated evidence "
-            f"against the training prior, chosen on {m.get('dm.validation.n', '?')} validation turns: accuracy "
+            f"The action is the scored choice ({dm_prior(m)}, plus weight {m['dm.weight']:g} times the model's calibrated "
+            f"evidence; both chosen on {m.get('dm.validation.n', '?')} validation turns: accuracy "
             f"{m.get('dm.validation.accuracy', float('nan')):.3f} vs majority {m.get('dm.validation.majority_accuracy', float('nan')):.3f}), "
             f"so every output names one (parse rate {m['dm.parse_rate']:.3f}); the paper's unconstrained generation names one in "
             f"{m.get('dm.free_generation.parse_rate', float('nan')):.3f} of {m.get('dm.free_generation.n', '?')} turns "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 
 from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, Timer, build_system, evaluate
 from pipeline.io import atomic_dir, atomic_path, write_json
-from pipeline.dm_policy import fit_choices
+from pipeline.dm_policy import HEAD, SHARES, DMHead, fit_choices
 from pipeline.errors import MissingArtifactError
 from pipeline.catalogue import prior_choice, trained_item_side
 from pipeline.settings import ModelSettings, RecommenderSettings
@@ -30,11 +31,12 @@ from stages._params import model_settings
 log = logging.getLogger("stages.evaluate")
 BASE = ROOT / "models/base"
 VALIDATION_CURVE = "plots/finetune_validation.csv"  # fine-tuning's validation passes (retrieval+prior's beta)
-DM_VALIDATION = "metrics/dm_validation.json"  # stage validate_dm: dialogue management's weight
+DM_VALIDATION = "metrics/dm_validation.json"  # stage validate_dm: dialogue management's prior and weight
 
 
 def dm_validation(root: Path = ROOT) -> dict:
-    """Dialogue management's weight as ``validate_dm`` chose it on validation dialogues, with its validation scores."""
+    """Dialogue management's prior and weight as ``validate_dm`` chose them on validation dialogues, with their
+    validation scores."""
     path = root / DM_VALIDATION
     if not path.exists():
         raise MissingArtifactError(f"{path}: not found; expected dialogue management's validated weight: "
@@ -42,10 +44,15 @@ def dm_validation(root: Path = ROOT) -> dict:
     return json.loads(path.read_text())
 
 
-def recommender_settings(params: dict, dm_train: pd.DataFrame, weight: float) -> RecommenderSettings:
+def recommender_settings(params: dict, dm_train: pd.DataFrame, chosen: dict) -> RecommenderSettings:
     """The workflow's settings; dialogue management chooses among the action sequences of ``dm_train`` (the
-    training split's), weighing the model's evidence by ``weight`` against their training shares."""
-    choices, prior = fit_choices([list(a) for a in dm_train["actions"]])
+    training split's) by the prior ``validate_dm`` chose (their training shares, or the DM head refitted on every
+    training turn at the chosen L2), weighing the model's evidence by the chosen weight."""
+    actions = [list(a) for a in dm_train["actions"]]
+    choices, prior = fit_choices(actions)
+    head = {}
+    if chosen.get("prior", SHARES) == HEAD:  # a dm_validation.json from before the head: the shares
+        head = asdict(DMHead.fit(dm_train["prompt"].tolist(), actions, choices, float(chosen["l2"])))
     ranking, ev, ln, ins = params["ranking"], params["eval"], params["lengths"], params["instructions"]
     return RecommenderSettings(
         candidates=ranking["candidates"], knowledge_utterances=ranking["knowledge_utterances"], top_k=ev["top_k"],
@@ -53,7 +60,7 @@ def recommender_settings(params: dict, dm_train: pd.DataFrame, weight: float) ->
         prompt_length=ln["prompt"], context_max_utterances=ins["context_max_utterances"], context_max_chars=ins["context_max_chars"],
         embed_batch=params["embed"]["batch_size"], generation_batch=ev["generation_batch"], max_new_tokens_dm=ev["max_new_tokens_dm"],
         max_new_tokens_ranking=ev["max_new_tokens_ranking"], max_new_tokens_response=ev["max_new_tokens_response"],
-        dm_choices=choices, dm_log_prior=prior, dm_weight=weight)
+        dm_choices=choices, dm_log_prior=prior, dm_weight=float(chosen["weight"]), dm_head=head)
 
 
 def eval_settings(params: dict, dataset: str) -> EvalSettings:
@@ -85,7 +92,7 @@ def main(dataset: str) -> None:
     params = load_params()
     data = EvalData.read(ROOT, dataset, with_dm=dataset == "redial")
     chosen = dm_validation()
-    model, settings = model_settings(params), recommender_settings(params, data.dm_train, float(chosen["weight"]))
+    model, settings = model_settings(params), recommender_settings(params, data.dm_train, chosen)
     base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)
     items, bias = trained_item_side(ROOT / "models/reficr", dataset, base_items)
     run = EvalRun(data, lambda: build_system(model.load(BASE), data, settings, base_items),
@@ -94,7 +101,7 @@ def main(dataset: str) -> None:
     result = evaluate(run)
     if data.dm_test is not None:  # how the weight was chosen, beside the test numbers
         result.metrics.update({f"dm.validation.{k}": round(v, 6) if isinstance(v, float) else v
-                               for k, v in chosen.items() if k != "weight"})
+                               for k, v in chosen.items() if k not in ("weight", "prior", "l2")})
     write_outputs(dataset, result, model)
     log.info("%s: %s", dataset, {k: v for k, v in result.metrics.items() if k.endswith(".full.recall@10.per_item")})
 

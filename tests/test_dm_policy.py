@@ -1,16 +1,18 @@
 """Dialogue management's choice (pipeline.dm_policy): choices, prior, the weighted decision, the validation
-split and the weight sweep, with numbers worked out by hand."""
+split, the sweep and the DM head, with numbers worked out by hand."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.dm_policy import (DMValidation, best_weight, dm_choices, dm_decide, dm_log_prior, validation_split,
-                                weight_sweep)
+from pipeline import templates
+from pipeline.dm_policy import (HEAD, SHARES, DMHead, DMValidation, best_setting, dm_choices, dm_context, dm_decide,
+                                dm_features, dm_log_prior, dm_sweep, validation_split)
 from pipeline.errors import DataError, ParamError
 
 
@@ -38,7 +40,7 @@ def test_decision_weighs_the_evidence_against_the_prior():
     # weight 0.25: row 0: -0.51, 0.25 - 1.20 = -0.95, 0.75 - 2.30 = -1.55 -> the first
     assert dm_decide(evidence, prior, 0.25).tolist() == [0, 0]
     assert dm_decide(np.array([[1.0, 1.0]]), [], 1.0).tolist() == [0]  # no prior: uniform; a tie goes to the first
-    with pytest.raises(ParamError, match="2 prior shares for 3 choices"):
+    with pytest.raises(ParamError, match=r"a prior of shape \(2,\) for 2 turns and 3 choices"):
         dm_decide(evidence, prior[:2], 1.0)
 
 
@@ -64,27 +66,92 @@ def test_validation_split_holds_out_whole_dialogues():
         validation_split(frame([("a", ["Chat"])] * 3), 0.5, 0, seed=0)
 
 
-def test_weight_sweep_and_the_chosen_weight():
+def test_sweep_and_the_chosen_setting():
     choices = [["Recommend", "Explain"], ["Chat"]]
-    prior = [math.log(0.75), math.log(0.25)]  # Chat is 1.10 nats behind
+    prior = np.log([0.75, 0.25])  # Chat is 1.10 nats behind
     evidence = np.array([[0.0, 2.0], [0.0, 0.5], [0.0, 1.5], [0.0, -1.0]])
     gold = [["Chat"], ["Explain", "Recommend"], ["Explain", "Recommend"], ["Explain", "Recommend"]]
-    sweep = weight_sweep(evidence, choices, prior, gold, [0, 1, 4])
-    # weight 0: Recommend+Explain everywhere -> rows 1-3 right; micro-F1 2tp / (2tp + fp + fn): tp 6, fp 2, fn 1 -> 12/15
+    per_turn = np.log([[0.1, 0.9], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])  # a head that is right on every turn
+    sweep = dm_sweep(evidence, choices, [(SHARES, None, prior), (HEAD, 0.01, per_turn)], gold, [0, 1, 4])
+    assert sweep[["prior", "weight"]].values.tolist() == [[SHARES, 0.0], [SHARES, 1.0], [SHARES, 4.0],
+                                                          [HEAD, 0.0], [HEAD, 1.0], [HEAD, 4.0]]
+    # shares, weight 0: Recommend+Explain everywhere -> rows 1-3 right; micro-F1 2tp / (2tp + fp + fn): tp 6, fp 2, fn 1
     # weight 1: Chat where the evidence beats 1.10 nats (rows 0, 2) -> rows 0, 1, 3 right; tp 5, fp 1, fn 2 -> 10/13
     # weight 4: Chat where it beats 0.27 (rows 0, 1, 2) -> rows 0, 3 right; tp 3, fp 2, fn 4 -> 6/12
-    assert sweep["accuracy"].tolist() == [0.75, 0.75, 0.5]
-    assert sweep["micro_f1"].tolist() == pytest.approx([12 / 15, 10 / 13, 6 / 12])
-    assert best_weight(sweep) == 0.0  # tied accuracy: the better micro-F1
-    assert best_weight(sweep.assign(micro_f1=[0.7, 0.9, 0.1])) == 1.0
-    assert best_weight(sweep.assign(micro_f1=0.8)) == 0.0  # a full tie: the smaller weight
+    # head (Chat 2.20 nats ahead on row 0, 2.20 behind elsewhere): weight 0 and 1 all right (row 2: 1.5 < 2.2);
+    # weight 4: Chat on rows 0, 2 (6 > 2.2) -> 0.75, tp 5, fp 1, fn 2
+    assert sweep["accuracy"].tolist() == [0.75, 0.75, 0.5, 1.0, 1.0, 0.75]
+    assert sweep["micro_f1"].tolist() == pytest.approx([12 / 15, 10 / 13, 6 / 12, 1.0, 1.0, 10 / 13])
+    assert best_setting(sweep) == {"prior": HEAD, "l2": 0.01, "weight": 0.0, "accuracy": 1.0, "micro_f1": 1.0}
+    shares = sweep[sweep.prior == SHARES]
+    assert best_setting(shares)["weight"] == 0.0  # tied accuracy: the better micro-F1
+    assert best_setting(shares.assign(micro_f1=[0.7, 0.9, 0.1]))["weight"] == 1.0
+    assert best_setting(shares.assign(micro_f1=0.8))["weight"] == 0.0  # a full tie: the smaller weight
+    tie = sweep.assign(accuracy=0.5, micro_f1=0.5)  # a full tie between priors: the shares, then the stronger L2
+    assert (best_setting(tie)["prior"], best_setting(tie)["l2"]) == (SHARES, None)
+    heads = pd.concat([sweep[sweep.prior == HEAD], sweep[sweep.prior == HEAD].assign(l2=0.1)]).assign(accuracy=0.5)
+    assert best_setting(heads.assign(micro_f1=0.5))["l2"] == 0.1
     with pytest.raises(ParamError):
-        best_weight(sweep.head(0))
+        best_setting(sweep.head(0))
     fit = frame([("a", ["Recommend", "Explain"])] * 3 + [("b", ["Chat"])])
     valid = frame([("c", g) for g in gold])
     chosen = DMValidation.from_sweep(sweep, fit, valid)
-    assert (chosen.weight, chosen.accuracy, chosen.n, chosen.dialogues) == (0.0, 0.75, 4, 1)
+    assert (chosen.prior, chosen.l2, chosen.weight, chosen.accuracy, chosen.n, chosen.dialogues) == (HEAD, 0.01, 0.0, 1.0, 4, 1)
     assert (chosen.majority_accuracy, chosen.majority_micro_f1) == (0.75, pytest.approx(0.8))
+
+
+def prompt(*utterances: tuple[str, str]) -> str:
+    return templates.dialogue_management_prompt(
+        templates.render_context([{"speaker": s, "text": t} for s, t in utterances], 20, 10_000))
+
+
+def test_head_features_of_a_built_prompt():
+    p = prompt(("recommender", "Hi! What do you like?"), ("seeker", "I loved Alien (1979). Any more like it?"))
+    assert dm_context(p) == ["Recommender: Hi! What do you like?", "Seeker: I loved Alien (1979). Any more like it?"]
+    assert dm_features(p) == {
+        "last-speaker:Seeker", "last:i", "last:loved", "last:alien", "last:1979", "last:any", "last:more",
+        "last:like", "last:it", "last:?", "last:<movie>",
+        "prev-speaker:Recommender", "prev:hi", "prev:!", "prev:what", "prev:do", "prev:you", "prev:like", "prev:?",
+        "utterances:2"}
+    assert dm_features(prompt(*[("seeker", "ok")] * 9)) >= {"last:ok", "prev:ok", "utterances:9+"}
+    assert dm_features(templates.dialogue_management_prompt("")) == {"last-speaker:", "prev-speaker:", "utterances:1"}
+
+
+def test_head_learns_the_action_from_the_words():
+    asks = [prompt(("seeker", f"hello, can you suggest a {g} movie?")) for g in ("funny", "scary", "sad", "old")]
+    likes = [prompt(("seeker", f"i loved {t} so much")) for t in ("Heat (1995)", "Up (2009)", "Jaws (1975)", "Big (1988)")]
+    chat = [prompt(("seeker", f"thanks, {w} day to you")) for w in ("good", "great", "nice", "lovely")]
+    choices = [["Recommend"], ["Respond", "Recommend"], ["Chat"]]
+    actions = [["Recommend"]] * 4 + [["Respond", "Recommend"]] * 4 + [["Chat"]] * 4
+    fitted = DMHead.fit(asks + likes + chat, actions, choices, l2=0.01)
+    other = prompt(("seeker", "why is that movie good?"))  # its sequence is no choice: left out of the fit
+    assert DMHead.fit(asks + likes + chat + [other], actions + [["Explain"]], choices, l2=0.01) == fitted
+    assert "last:movie" in fitted.vocabulary and "last:funny" not in fitted.vocabulary  # < 3 turns: no feature
+    new = [prompt(("seeker", "can you suggest a movie?")), prompt(("seeker", "i loved Speed (1994)")),
+           prompt(("seeker", "thanks, have a good day"))]
+    log_prior = fitted.log_prior(new)
+    assert np.exp(log_prior).sum(axis=1) == pytest.approx([1, 1, 1])
+    assert dm_decide(np.zeros((3, 3)), log_prior, 0.0).tolist() == [0, 1, 2]
+    assert DMHead.from_dict(asdict(fitted)).log_prior(new) == pytest.approx(log_prior)  # it travels as JSON
+    assert DMHead.fit(asks + likes + chat, actions, choices, l2=0.01) == fitted  # deterministic
+    strong = DMHead.fit(asks + likes + chat, actions, choices, l2=1.0)
+    assert np.abs(strong.weights).sum() < np.abs(fitted.weights).sum()
+
+
+def test_head_rejects_what_it_cannot_fit():
+    with pytest.raises(ParamError, match="2 prompts for 1 action"):
+        DMHead.fit(["a", "b"], [["Chat"]], [["Chat"]], 0.01)
+    with pytest.raises(DataError, match="no training turn has one of the choices"):
+        DMHead.fit(["a"], [["Request"]], [["Chat"]], 0.01)
+
+
+def test_decision_with_a_prior_per_turn():
+    evidence = np.array([[0.0, 1.0], [0.0, 1.0]])
+    per_turn = np.log([[0.9, 0.1], [0.5, 0.5]])  # row 0: 2.20 nats for the first choice; row 1: even
+    assert dm_decide(evidence, per_turn, 1.0).tolist() == [0, 1]
+    assert dm_decide(evidence, per_turn, 3.0).tolist() == [1, 1]
+    with pytest.raises(ParamError, match=r"shape \(3, 2\) for 2 turns"):
+        dm_decide(evidence, np.zeros((3, 2)), 1.0)
 
 
 def test_finetune_trains_dialogue_management_on_no_validation_dialogue():

@@ -63,9 +63,13 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     assert redial["dm.parse_rate"] == 1.0  # the scored choice always names an action the chat can act on
     validation = json.loads((repo / "metrics/dm_validation.json").read_text())
     sweep = pd.read_csv(repo / "plots/dm_validation.csv")
-    assert sweep.weight.tolist() == params["eval"]["dm_validation"]["weights"] and set(sweep.n) == {validation["n"]}
-    assert redial["dm.weight"] == validation["weight"] and validation["accuracy"] == sweep.accuracy.max()
-    assert json.loads((repo / "data/eval/inspired/recommender.json").read_text())["settings"]["dm_weight"] == validation["weight"]
+    v = params["eval"]["dm_validation"]
+    assert sweep.weight.tolist() == v["weights"] * (1 + len(v["head_l2"])) and set(sweep.n) == {validation["n"]}
+    assert sweep.prior.tolist() == ["shares"] * len(v["weights"]) + ["head"] * len(v["weights"]) * len(v["head_l2"])
+    assert (redial["dm.weight"], redial["dm.prior"]) == (validation["weight"], validation["prior"])
+    assert validation["accuracy"] == sweep.accuracy.max()
+    saved = json.loads((repo / "data/eval/inspired/recommender.json").read_text())["settings"]
+    assert saved["dm_weight"] == validation["weight"] and bool(saved["dm_head"]) == (validation["prior"] == "head")
     assert (repo / "metrics/summary.md").read_text().startswith("# reficr evaluation summary")
     # the trained recommender answers from the command line
     (tmp_path / "in.jsonl").write_text(json.dumps({"context": [{"speaker": "seeker", "text": "I loved Super Troopers (2001), any other comedies?"}]}) + "\n")

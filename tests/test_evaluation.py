@@ -69,7 +69,7 @@ def test_the_evaluate_stage_reads_the_beta_from_the_validation_curve(tmp_path, m
     assert stage.eval_settings(params, "inspired").prior.beta == 0.5
 
 
-def test_the_evaluate_stage_takes_the_dm_weight_validate_dm_chose(tmp_path, monkeypatch):
+def test_the_evaluate_stage_takes_the_dm_prior_and_weight_validate_dm_chose(tmp_path, monkeypatch):
     import json
     import math
 
@@ -77,6 +77,7 @@ def test_the_evaluate_stage_takes_the_dm_weight_validate_dm_chose(tmp_path, monk
     import yaml
 
     import stages.evaluate as stage
+    from pipeline import templates
     from pipeline.errors import MissingArtifactError
 
     params = yaml.safe_load((stage.ROOT / "profiles/small.yaml").read_text())
@@ -85,9 +86,13 @@ def test_the_evaluate_stage_takes_the_dm_weight_validate_dm_chose(tmp_path, monk
     (tmp_path / "metrics").mkdir()
     (tmp_path / stage.DM_VALIDATION).write_text(json.dumps({"weight": 0.5, "accuracy": 0.4, "n": 150}))
     assert stage.dm_validation(tmp_path)["weight"] == 0.5
-    dm_train = pd.DataFrame({"actions": [["Recommend", "Explain"]] * 3 + [["Chat"]] + [[]]})
-    settings = stage.recommender_settings(params, dm_train, 0.5)
+    dm_train = pd.DataFrame({"actions": [["Recommend", "Explain"]] * 3 + [["Chat"]] + [[]],
+                             "prompt": [templates.dialogue_management_prompt(f"Seeker: {t}")
+                                        for t in ("a movie please", "any movie please", "movie please", "bye now", "hm")]})
+    settings = stage.recommender_settings(params, dm_train, stage.dm_validation(tmp_path))  # no prior named: shares
     assert settings.dm_choices == [["Recommend", "Explain"], ["Chat"]] and settings.dm_weight == 0.5
-    assert settings.dm_log_prior == pytest.approx([math.log(0.75), math.log(0.25)])
+    assert settings.dm_log_prior == pytest.approx([math.log(0.75), math.log(0.25)]) and settings.dm_head == {}
+    head = stage.recommender_settings(params, dm_train, {"prior": "head", "l2": 0.01, "weight": 0.0}).dm_head
+    assert head["choices"] == settings.dm_choices and head["l2"] == 0.01 and "last:please" in head["vocabulary"]
     monkeypatch.setattr(stage, "ROOT", tmp_path)
     assert stage.eval_settings(params, "redial").max_dm_generation == params["eval"]["max_dm_generation"]

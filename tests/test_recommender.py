@@ -124,8 +124,9 @@ def test_generation_continues_a_forced_start(system):
 
 @pytest.mark.slow
 def test_dialogue_management_starts_with_the_chosen_actions_then_explains(system):
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
+    from pipeline.errors import ParamError
     from pipeline.instructions import ACTIONS
     from pipeline.metrics import parse_actions
 
@@ -146,6 +147,17 @@ def test_dialogue_management_starts_with_the_chosen_actions_then_explains(system
     prior = [np.log(0.8) if i == other else np.log(0.1) for i in range(len(choices))]
     majority = ReFICR(reficr.lm, reficr.corpus, reficr.store, reficr.title, replace(settings, dm_log_prior=prior, dm_weight=0.0))
     assert majority.choose_actions(prompts * 2) == [choices[other]] * 2
+    # a DM head: a prior per turn, from the turn's words (fitted on three turns of each choice)
+    from pipeline.dm_policy import DMHead
+
+    examples = {0: "can you suggest a movie?", 1: "thanks, sounds good", 2: "i do not know what i like"}
+    texts = [templates.dialogue_management_prompt(f"Seeker: {examples[c]}") for c in examples for _ in range(3)]
+    head = DMHead.fit(texts, [choices[c] for c in examples for _ in range(3)], choices, 0.01)
+    headed = ReFICR(reficr.lm, reficr.corpus, reficr.store, reficr.title, replace(majority.settings, dm_head=asdict(head)))
+    assert headed.choose_actions(texts[::3]) == choices  # weight 0: the head alone, turn by turn
+    with pytest.raises(ParamError, match="head's choices"):
+        ReFICR(reficr.lm, reficr.corpus, reficr.store, reficr.title, replace(settings, dm_choices=choices[:2],
+                                                                             dm_head=asdict(head)))
 
 
 @pytest.mark.slow
