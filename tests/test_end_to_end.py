@@ -94,7 +94,7 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
                                    "evaluate@redial", "evaluate@inspired"}),
                                  (("eval", "max_retrieval", "redial"), 29, {"evaluate@redial"}),
                                  (("eval", "dm_validation", "weights"), [0, 0.5], {"validate_dm"}),
-                                 (("eval", "dm_validation", "fraction"), 0.3, {"finetune", "validate_dm"})):
+                                 (("eval", "dm_validation", "fraction"), 0.5, {"finetune", "validate_dm"})):  # tiny: 0.3
         changed_params = yaml.safe_load(yaml.safe_dump(original))
         node = changed_params
         for part in key[:-1]:
