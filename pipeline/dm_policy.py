@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -71,7 +72,8 @@ def dm_decide(evidence: np.ndarray, log_prior: Sequence[float] | np.ndarray, wei
     """Index of the chosen action sequence per row of ``evidence`` (``dm_evidence``): the largest
     ``weight * evidence + log prior`` (ties: the first choice, the more frequent). The log prior is one value per
     choice (``dm_log_prior``: weight 0 is then the most frequent sequence every time, on IARD the majority action
-    set's usual order) or one row per turn (``DMHead.log_prior``); weight 1 takes the calibrated model at its word. Choices are sequences: two orders of one set are two choices, each with its own share."""
+    set's usual order) or one row per turn (``DMHead.log_prior``); weight 1 takes the calibrated model at its word.
+    Choices are sequences: two orders of one set are two choices, each with its own share."""
     prior = np.asarray(log_prior, dtype=np.float64)
     prior = np.zeros(evidence.shape[1]) if prior.size == 0 and prior.ndim == 1 else prior
     if prior.shape not in ((evidence.shape[1],), evidence.shape):
@@ -210,11 +212,16 @@ class DMHead:
         return cls([list(c) for c in choices], vocabulary, w.detach().numpy().tolist(), b.detach().numpy().tolist(),
                    float(l2))
 
+    @cached_property
+    def _arrays(self) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+        """The vocabulary's index, the weights and the bias as arrays: built once per head, not once per turn."""
+        w = np.asarray(self.weights, dtype=np.float64).reshape(len(self.vocabulary), len(self.bias))
+        return {f: i for i, f in enumerate(self.vocabulary)}, w, np.asarray(self.bias, dtype=np.float64)
+
     def log_prior(self, prompts: list[str]) -> np.ndarray:
         """log P(choice | turn), one row per prompt."""
-        w = np.asarray(self.weights, dtype=np.float64).reshape(len(self.vocabulary), len(self.bias))
-        logits = _design([dm_features(p) for p in prompts], {f: i for i, f in enumerate(self.vocabulary)}) @ w
-        logits += np.asarray(self.bias, dtype=np.float64)
+        index, w, bias = self._arrays
+        logits = _design([dm_features(p) for p in prompts], index) @ w + bias
         return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
 
     @classmethod
