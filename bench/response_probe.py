@@ -1,0 +1,138 @@
+"""Diagnostic: how many response-generation examples does the fine-tuned small model need before its greedy replies
+stop opening with the dialogue-management explanations' "The user's ..." and start naming the items it is given?
+
+    python bench/response_probe.py --steps 48 --batch 4 --eval-every 12   # writes bench/results-response-probe.json
+
+The committed run's replies (README, "The generated replies are not yet replies"): 45 of 50 open with a sentence
+about the conversation ("The user's response is in the first paragraph."), borrowed from the DM targets, every one of
+whose explanations starts "The user's intention:". Fine-tuning draws its generation batch task-uniformly (ranking,
+DM, response), 2 a step, so 72 steps show the response task ~48 examples. This probe continues training the
+committed adapter (``models/reficr``, or a fresh LoRA on ``models/base`` with ``--start base``) on generation alone,
+the tasks of ``--tasks`` drawn uniformly as fine-tuning draws them (default: response and DM, so the DM targets
+keep pulling as they do in the joint run), through the pipeline's TrainLoop, and every ``--eval-every`` steps
+scores a seeded sample of the *validation* responses (ReDial valid + INSPIRED dev; the test split is never read):
+
+- ``opener_rate``: greedy replies starting "The user's" (the borrowed opener);
+- ``item_rate``: of the prompts that give items, replies naming at least one of them (title without its year);
+- ``distinct2``: Distinct-2 (unique / total word bigrams) of the replies;
+- ``gold_ppl``: perplexity of the gold replies given the prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.data.items import item_titles  # noqa: E402
+from pipeline.grounding import without_year  # noqa: E402
+from pipeline.metrics import distinct_n  # noqa: E402
+from pipeline.model import RetrievableLM  # noqa: E402
+from pipeline.objectives import FinetuneObjective, GenerationTask  # noqa: E402
+from pipeline.settings import Lengths  # noqa: E402
+from pipeline.training import TrainConfig, TrainLoop  # noqa: E402
+from stages._common import load_params  # noqa: E402
+from stages._params import lora  # noqa: E402
+
+OPENER = "The user's"
+TASKS = {"response": "response_train.parquet", "dm": "dm_train.parquet"}
+
+
+def names_an_item(reply: str, titles: list[str]) -> bool:
+    text = reply.lower()
+    return any(without_year(t).lower() in text for t in titles)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--start", choices=["reficr", "base"], default="reficr",
+                    help="continue the committed adapter (models/reficr) or train a fresh LoRA on models/base")
+    ap.add_argument("--tasks", default="response,dm", help=f"generation tasks drawn uniformly, of {sorted(TASKS)}")
+    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=4, help="generation examples per step")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-every", type=int, default=12)
+    ap.add_argument("--eval-n", type=int, default=48, help="validation responses scored (seeded sample)")
+    ap.add_argument("--out", default=str(ROOT / "bench/results-response-probe.json"))
+    args = ap.parse_args()
+    params = load_params()
+    ln = params["lengths"]
+    max_new = params["eval"]["max_new_tokens_response"]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        ap.error(f"--tasks: unknown {unknown}; expected a comma-separated subset of {sorted(TASKS)}")
+
+    valid = pd.read_parquet(ROOT / "data/instructions/response_valid.parquet")
+    valid = valid.sample(n=min(args.eval_n, len(valid)), random_state=0)
+    titles = {}
+    for ds in valid.dataset.unique():
+        titles.update(item_titles(pd.read_parquet(ROOT / f"data/interim/{ds}/items.parquet")))
+    given = [[titles[i] for i in ids] for ids in valid.item_ids]
+    print(f"{len(valid)} validation responses ({sum(map(bool, given))} with items); training on {tasks}, "
+          f"from {args.start}", flush=True)
+
+    random.seed(0)
+    torch.manual_seed(0)
+    lm = RetrievableLM.load(ROOT / "models/base", device="cpu", trainable=True)
+    if args.start == "reficr":
+        lm.load_adapter(ROOT / "models/reficr", trainable=True)
+    else:
+        lm.attach_lora(lora(params), seed=0)
+    gold_batch = lm.tokenize_pairs(valid.prompt.tolist(), valid.target.tolist(), ln["prompt"], ln["target"])
+    curve: list[dict] = []
+
+    def score(_lm: RetrievableLM) -> list[dict]:
+        start = time.perf_counter()
+        replies = lm.generate(valid.prompt.tolist(), max_new_tokens=max_new, batch_size=16,
+                              max_prompt_length=ln["prompt"])
+        with torch.no_grad():
+            nll, count = 0.0, 0
+            for i in range(0, len(gold_batch), 8):
+                logprobs, mask = lm.target_logprobs(gold_batch[i:i + 8])
+                nll -= float((logprobs * mask).sum())
+                count += int(mask.sum())
+        with_items = [(r, t) for r, t in zip(replies, given) if t]
+        row = {
+            "step": loop.step, "examples": loop.step * args.batch,
+            "opener_rate": round(float(np.mean([r.strip().startswith(OPENER) for r in replies])), 3),
+            "item_rate": round(float(np.mean([names_an_item(r, t) for r, t in with_items])), 3) if with_items else None,
+            "distinct2": round(distinct_n([re.findall(r"\w+|[^\w\s]", r.lower()) for r in replies], 2)["ratio"], 3),
+            "gold_ppl": round(float(np.exp(nll / max(count, 1))), 2),
+            "examples_of_replies": replies[:3], "seconds": round(time.perf_counter() - start, 1),
+        }
+        curve.append(row)
+        print(json.dumps(row), flush=True)
+        return [{k: v for k, v in row.items() if k in ("opener_rate", "distinct2", "gold_ppl")}]
+
+    generation = []
+    for name in tasks:
+        table = pd.read_parquet(ROOT / "data/instructions" / TASKS[name])
+        generation.append(GenerationTask(name, table.prompt.tolist(), table.target.tolist()))
+    objective = FinetuneObjective([], generation, 0, args.batch, 0.05,
+                                  Lengths(ln["query"], ln["document"], ln["prompt"], ln["target"]))
+    work = Path("/tmp/reficr-response-probe")
+    shutil.rmtree(work, ignore_errors=True)  # never resume an earlier probe
+    loop = TrainLoop(lm, TrainConfig(steps=args.steps, lr=args.lr, save_every=10 ** 9), objective, work,
+                     validate=score, validate_every=args.eval_every)
+    start = time.perf_counter()
+    loop.run()
+    result = {"args": vars(args), "validation_responses": len(valid), "curve": curve,
+              "minutes": round((time.perf_counter() - start) / 60, 1), "cpu_threads": torch.get_num_threads()}
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
