@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.data.items import item_titles  # noqa: E402
-from pipeline.grounding import without_year  # noqa: E402
+from pipeline.grounding import normalize, without_year  # noqa: E402
 from pipeline.metrics import distinct_n  # noqa: E402
 from pipeline.model import RetrievableLM  # noqa: E402
 from pipeline.objectives import FinetuneObjective, GenerationTask  # noqa: E402
@@ -51,8 +51,9 @@ TASKS = {"response": "response_train.parquet", "dm": "dm_train.parquet"}
 
 
 def names_an_item(reply: str, titles: list[str]) -> bool:
-    text = reply.lower()
-    return any(without_year(t).lower() in text for t in titles)
+    """Whether the reply names one of ``titles`` (year and punctuation ignored, whole words only)."""
+    text = f" {normalize(reply)} "
+    return any(f" {without_year(t)} " in text for t in titles if without_year(t))
 
 
 def main() -> None:
