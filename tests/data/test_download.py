@@ -28,6 +28,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     log_message = lambda *args: None  # noqa: E731 - keep test output quiet
 
     def do_GET(self):  # noqa: N802
+        # recorded before the reply: the client can finish reading it before this thread would run another line
+        self.server.requests.append((self.path, self.headers.get("Range")))
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)
@@ -47,7 +49,6 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         self.wfile.write(data[start:])
-        self.server.requests.append((self.path, self.headers.get("Range")))
 
 
 @pytest.fixture
