@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.data.items import item_titles  # noqa: E402
 from pipeline.grounding import normalize, without_year  # noqa: E402
-from pipeline.metrics import distinct_n  # noqa: E402
+from pipeline.metrics import distinct_n, perplexity  # noqa: E402
 from pipeline.model import RetrievableLM  # noqa: E402
 from pipeline.objectives import FinetuneObjective, GenerationTask  # noqa: E402
 from pipeline.settings import Lengths  # noqa: E402
@@ -92,26 +92,21 @@ def main() -> None:
         lm.load_adapter(ROOT / "models/reficr", trainable=True)
     else:
         lm.attach_lora(lora(params), seed=0)
-    gold_batch = lm.tokenize_pairs(valid.prompt.tolist(), valid.target.tolist(), ln["prompt"], ln["target"])
     curve: list[dict] = []
 
     def score(_lm: RetrievableLM) -> list[dict]:
         start = time.perf_counter()
         replies = lm.generate(valid.prompt.tolist(), max_new_tokens=max_new, batch_size=16,
                               max_prompt_length=ln["prompt"])
-        with torch.no_grad():
-            nll, count = 0.0, 0
-            for i in range(0, len(gold_batch), 8):
-                logprobs, mask = lm.target_logprobs(gold_batch[i:i + 8])
-                nll -= float((logprobs * mask).sum())
-                count += int(mask.sum())
+        gold = lm.score(valid.prompt.tolist(), valid.target.tolist(), max_prompt_length=ln["prompt"],
+                        max_target_length=ln["target"])
         with_items = [(r, t) for r, t in zip(replies, given) if t]
         row = {
             "step": loop.step, "examples": loop.step * args.batch,
             "opener_rate": round(float(np.mean([r.strip().startswith(OPENER) for r in replies])), 3),
             "item_rate": round(float(np.mean([names_an_item(r, t) for r, t in with_items])), 3) if with_items else None,
             "distinct2": round(distinct_n([re.findall(r"\w+|[^\w\s]", r.lower()) for r in replies], 2)["ratio"], 3),
-            "gold_ppl": round(float(np.exp(nll / max(count, 1))), 2),
+            "gold_ppl": round(perplexity(gold), 2),
             "examples_of_replies": replies[:3], "seconds": round(time.perf_counter() - start, 1),
         }
         curve.append(row)
