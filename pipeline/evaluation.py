@@ -31,7 +31,7 @@ from pipeline.metrics import (Instance, bootstrap_ci, dedup, dialogue_management
 from pipeline.model import RetrievableLM
 from pipeline.catalogue import PriorChoice, prior_sweep
 from pipeline.ranking import ParsedRanking, parse_statistics, random_ranking
-from pipeline.encoder import Encoder
+from pipeline.encoder import Encoder, SharedTrunk
 from pipeline.grounding import ITEM_TAG, Catalogue, Reply, check_reply
 from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR, context_item_lists
 from pipeline.settings import RecommenderSettings
@@ -105,13 +105,14 @@ class Timer:
 
 
 def build_system(lm: RetrievableLM, data: EvalData, settings: RecommenderSettings, item_vectors: np.ndarray | None = None,
-                 item_bias: np.ndarray | None = None) -> ReFICR:
-    """ReFICR over ``data``'s corpus and training conversations, embedded by ``lm`` (items: given or embedded;
-    ``item_bias``: a learned per-item score added to the cosine, see ``pipeline.catalogue``)."""
+                 item_bias: np.ndarray | None = None, store: SharedTrunk | None = None) -> ReFICR:
+    """ReFICR over ``data``'s corpus and training conversations (``store``: shared with another model, else
+    embedded) by ``lm``; items given or embedded; ``item_bias``: a learned per-item score (``pipeline.catalogue``)."""
     encoder = Encoder(lm, settings.query_length, settings.document_length, settings.embed_batch)
     if item_vectors is None:
         item_vectors = encoder.items(data.items["description"].tolist())
-    store_vectors = encoder.conversations(data.turns_train["query"].tolist(), templates.CONV2CONV_SAMPLE)
+    store = store or SharedTrunk(data.turns_train["query"].tolist(), templates.CONV2CONV_SAMPLE, 0, users=0)
+    store_vectors = store.embed(encoder)
     corpus = ItemCorpus(data.items["item_id"].tolist(), item_vectors, item_bias)
     return ReFICR(lm, corpus, ConversationStore.from_turns(data.turns_train, store_vectors), item_titles(data.items), settings)
 
@@ -119,13 +120,17 @@ def build_system(lm: RetrievableLM, data: EvalData, settings: RecommenderSetting
 class EvalRun:
     """One dataset's evaluation: its samples, the base and fine-tuned systems (built on first use; the base
     model is dropped as soon as its lists are made, before the fine-tuned one is loaded: SYSTEMS lists the
-    base model's systems first), and what the systems produced."""
+    base model's systems first), and what the systems produced.
+
+    ``shared_layers``: the decoder layers below the fine-tuned model's lowest LoRA layer (the base model's in
+    both): the retrieval sample's queries go through them once (``SharedTrunk``)."""
 
     def __init__(self, data: EvalData, load_base: Callable[[], ReFICR], load_reficr: Callable[[], ReFICR],
-                 settings: EvalSettings, recommender: RecommenderSettings, timer: Timer):
+                 settings: EvalSettings, recommender: RecommenderSettings, timer: Timer, shared_layers: int = 0):
         self.data, self.settings, self.recommender, self.timer = data, settings, recommender, timer
         self._load_base, self._load_reficr = load_base, load_reficr
         self.retr = cap(data.turns_test, settings.max_retrieval or None, settings.seed)
+        self.retrieval_queries = SharedTrunk(self.retr["query"].tolist(), templates.CONV2ITEM_QUERY, shared_layers)
         self.gen = cap(self.retr, settings.max_generation or None, settings.seed)
         self.ranking_outputs: dict[str, tuple[list[ParsedRanking], list[str]]] = {}
         self.extra_metrics: dict[str, float] = {}  # what systems report about themselves (e.g. the chosen beta)
@@ -143,7 +148,7 @@ class EvalRun:
     def base(self) -> dict[str, list]:
         with self.timer("base model: retrieval and knowledge"):
             system = self._load_base()
-            return {"retrieved": system.retrieve(self.retr["query"].tolist()),
+            return {"retrieved": system.corpus.top(self.retrieval_queries.embed(system.encoder), self.recommender.top_k),
                     "knowledge": system.knowledge(self.gen["query"].tolist(), self.gen.dialogue_id.tolist())}
 
     @cached_property
@@ -155,7 +160,7 @@ class EvalRun:
     def query_vectors(self) -> np.ndarray:
         """The retrieval sample's contexts embedded for Conv2Item by the fine-tuned model."""
         with self.timer("reficr: embed the retrieval sample"):
-            return self.reficr.encoder.conversations(self.retr["query"].tolist(), templates.CONV2ITEM_QUERY)
+            return self.retrieval_queries.embed(self.reficr.encoder)
 
     @cached_property
     def retrieved(self) -> list[list[str]]:

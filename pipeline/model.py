@@ -75,6 +75,12 @@ def resolve_device(device: str) -> torch.device:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def mean_pool(hidden: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """The L2-normalised mean of ``hidden`` over the positions ``pool`` marks (float32)."""
+    pool = pool.unsqueeze(-1).to(hidden.dtype)
+    return torch.nn.functional.normalize(((hidden * pool).sum(dim=1) / pool.sum(dim=1).clamp(min=1.0)).float(), dim=-1)
+
+
 class RetrievableLM:
     """A Hugging Face causal LM + tokenizer that embeds, generates and scores."""
 
@@ -85,6 +91,7 @@ class RetrievableLM:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._prefix_cache: dict[str, list[int]] = {}
+        self.merged = False  # an adapter was merged into the weights (``merge``)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -212,6 +219,7 @@ class RetrievableLM:
     def merge(self) -> None:
         """Fold the LoRA weights into the base weights (faster inference; no more adapter)."""
         self.model = self.model.merge_and_unload()
+        self.merged = True
 
     def cast(self, dtype: str) -> None:
         """Cast every weight to ``dtype`` for inference (e.g. bfloat16: ~3x faster embedding on CPUs with
@@ -260,42 +268,37 @@ class RetrievableLM:
                 mask[row, width - len(seq):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def encode(self, batch: list[tuple[list[int], int]]) -> torch.Tensor:
-        """Pooled, L2-normalised embeddings of one tokenized batch, with gradients when training."""
+    def embedding_batch(self, batch: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, attention mask and pooling mask (text tokens only) of one tokenized batch."""
         ids, mask = self.pad([seq for seq, _ in batch], side="right")
         pool = mask.clone()
         for row, (_, n_prefix) in enumerate(batch):
             pool[row, :n_prefix] = 0
+        return ids, mask, pool
+
+    def encode(self, batch: list[tuple[list[int], int]]) -> torch.Tensor:
+        """Pooled, L2-normalised embeddings of one tokenized batch, with gradients when training."""
+        ids, mask, pool = self.embedding_batch(batch)
         hidden = self.decoder()(input_ids=ids, attention_mask=mask, is_causal=False).last_hidden_state
-        pool = pool.unsqueeze(-1).to(hidden.dtype)
-        mean = (hidden * pool).sum(dim=1) / pool.sum(dim=1).clamp(min=1.0)
-        return torch.nn.functional.normalize(mean.float(), dim=-1)
+        return mean_pool(hidden, pool)
+
+    def embedding_batches(self, tokenized: list[tuple[list[int], int]], batch_size: int, sort_by_length: bool) -> list[list[int]]:
+        """Rows of each batch: length-sorted (less padding), longest first."""
+        order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i][0])) if sort_by_length else list(range(len(tokenized)))
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
 
     @torch.no_grad()
-    def embed(
-        self,
-        texts: Sequence[str],
-        instruction: str = "",
-        *,
-        batch_size: int = 16,
-        max_length: int = 256,
-        truncation_side: str = "right",
-        sort_by_length: bool = True,
-        progress: bool | None = None,
-    ) -> np.ndarray:
-        """float32 array (n, d) of L2-normalised embeddings, in the order of ``texts``.
-
-        Batches are formed from length-sorted texts (less padding); ``progress`` shows a bar
-        (default: when there are more than 10 batches).
-        """
+    def embed(self, texts: Sequence[str], instruction: str = "", *, batch_size: int = 16, max_length: int = 256,
+              truncation_side: str = "right", sort_by_length: bool = True, progress: bool | None = None) -> np.ndarray:
+        """float32 (n, d) L2-normalised embeddings in the order of ``texts``, batched from length-sorted texts (less
+        padding; ``pipeline.trunk`` runs them in two parts); ``progress`` shows a bar (default: over 10 batches)."""
         if len(texts) == 0:
             return np.zeros((0, self.hidden_size), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
         tokenized = self.tokenize_for_embedding(texts, instruction, max_length, truncation_side)
-        order = sorted(range(len(texts)), key=lambda i: -len(tokenized[i][0])) if sort_by_length else list(range(len(texts)))
         out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
-        batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = self.embedding_batches(tokenized, batch_size, sort_by_length)
         show = progress if progress is not None else len(batches) > 10
         for chunk in tqdm(batches, desc="embed", unit="batch", disable=not show):
             vectors = self.encode([tokenized[i] for i in chunk])

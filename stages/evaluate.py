@@ -21,6 +21,9 @@ import pandas as pd
 
 from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, Timer, build_system, evaluate
 from pipeline.io import atomic_dir, atomic_path, write_json
+from pipeline import templates
+from pipeline.encoder import SharedTrunk
+from pipeline.trunk import adapter_bottom_layers
 from pipeline.dm_policy import HEAD, SHARES, DMHead, fit_choices
 from pipeline.errors import MissingArtifactError
 from pipeline.catalogue import prior_choice, trained_item_side
@@ -95,9 +98,13 @@ def main(dataset: str) -> None:
     model, settings = model_settings(params), recommender_settings(params, data.dm_train, chosen)
     base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)
     items, bias = trained_item_side(ROOT / "models/reficr", dataset, base_items)
-    run = EvalRun(data, lambda: build_system(model.load(BASE), data, settings, base_items),
-                  lambda: build_system(model.load(BASE, adapter=ROOT / "models/reficr", merge=True), data, settings, items, bias),
-                  eval_settings(params, dataset), settings, Timer())
+    # the base and the fine-tuned model share the layers below the adapter: texts both embed go through them once
+    shared = adapter_bottom_layers(ROOT / "models/reficr")
+    store = SharedTrunk(data.turns_train["query"].tolist(), templates.CONV2CONV_SAMPLE, shared)
+    run = EvalRun(data, lambda: build_system(model.load(BASE), data, settings, base_items, store=store),
+                  lambda: build_system(model.load(BASE, adapter=ROOT / "models/reficr", merge=True), data, settings, items, bias,
+                                       store),
+                  eval_settings(params, dataset), settings, Timer(), shared_layers=shared)
     result = evaluate(run)
     if data.dm_test is not None:  # how the weight was chosen, beside the test numbers
         result.metrics.update({f"dm.validation.{k}": round(v, 6) if isinstance(v, float) else v

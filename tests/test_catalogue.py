@@ -125,6 +125,11 @@ def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "2", "3"]
     # 4 items: every gold item is in any top 10, with or without the prior (a tie: the smaller beta)
     assert rows[-1].endswith(",1.000000,1.000000,6,0,1.000000,1.000000")
+    # the passes after the first ran the 3 adapted layers on the 27 frozen layers' kept states: the same vectors
+    assert validate._trunks["toy"].layers == 27
+    np.testing.assert_array_equal(validate.query_vectors(lm, "toy"),
+                                  lm.embed(pairs["query"].tolist(), "Retrieve relevant items based on user conversation history",
+                                           batch_size=4, max_length=24, truncation_side="left"))
     loop.finish(tmp_path / "model", tmp_path / "loss.csv", {}, "item_bias.safetensors", tmp_path / "validation.csv")
     saved = load_file(tmp_path / "model/item_bias.safetensors")
     assert torch.equal(saved["toy"], tasks[0].bias.detach())

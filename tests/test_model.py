@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.encoder import Encoder, SharedTrunk
 from pipeline.model import CudaRequiredError, LoraSettings, RetrievableLM, embed_prefix, generation_prefix, resolve_device
+from pipeline.trunk import TrunkMismatchError, adapter_bottom_layers, embed_trunk, frozen_bottom_layers, num_layers, trunk_states
 
 pytestmark = pytest.mark.slow
 
@@ -140,6 +142,50 @@ def test_adapter_save_load_round_trip_and_merge(base_dir, tmp_path):
     assert np.abs(base - before).max() > 1e-4  # the adapter does something
     loaded.merge()
     np.testing.assert_allclose(loaded.embed(TEXTS, ITEM), before, atol=1e-4)
+
+
+def test_a_trunk_finished_by_the_layers_above_is_the_full_embedding(lm):
+    texts = TEXTS + ["Seeker: any comedies from the 90s?\nRecommender: Have you seen Clueless (1995)?"] * 2
+    full = lm.embed(texts, ITEM, batch_size=2, max_length=12, truncation_side="left")
+    assert num_layers(lm) == 30 and frozen_bottom_layers(lm) == 30  # no adapter: every layer is the base model's
+    for layers in (0, 22, 30):
+        trunk = trunk_states(lm, texts, ITEM, layers=layers, batch_size=2, max_length=12, truncation_side="left")
+        assert trunk.layers == layers and trunk.n == len(texts) and len(trunk.batches) == 3
+        np.testing.assert_array_equal(embed_trunk(lm, trunk), full)  # the same operations on the same states: bit for bit
+    assert len(lm.decoder().layers) == 30 and not isinstance(lm.decoder().norm, torch.nn.Identity)  # restored
+    with pytest.raises(ValueError, match="31"):
+        trunk_states(lm, texts, ITEM, layers=31)
+
+
+def test_a_trunk_is_shared_only_by_models_adapted_above_it(base_dir, tmp_path):
+    adapted = RetrievableLM.load(base_dir, device="cpu")
+    adapted.attach_lora(LoraSettings(r=4, alpha=8, dropout=0.0, layers=8))
+    _randomise_lora(adapted.model)
+    assert frozen_bottom_layers(adapted) == 22
+    adapted.save_adapter(tmp_path / "adapter")
+    assert adapter_bottom_layers(tmp_path / "adapter") == 22
+    base = RetrievableLM.load(base_dir, device="cpu")
+    merged = RetrievableLM.load(base_dir, adapter=tmp_path / "adapter", merge=True, device="cpu")
+    assert frozen_bottom_layers(merged) is None  # merged: nothing says which layers changed
+    trunk = trunk_states(base, TEXTS, ITEM, layers=22)
+    for model in (base, adapted, merged):  # the base model's states, finished by each model's own top layers
+        np.testing.assert_array_equal(embed_trunk(model, trunk), model.embed(TEXTS, ITEM))
+    assert np.abs(embed_trunk(merged, trunk) - embed_trunk(base, trunk)).max() > 1e-4
+    with pytest.raises(TrunkMismatchError, match="bottom 23"):  # layer 22 carries the adapter
+        embed_trunk(merged, trunk_states(base, TEXTS, ITEM, layers=23))
+    half = RetrievableLM.load(base_dir, device="cpu")
+    half.cast("bfloat16")
+    with pytest.raises(TrunkMismatchError):  # another dtype: other states
+        embed_trunk(half, trunk)
+    # evaluation's use: the first model makes the states, each finishes them; a bf16 model falls back to a full pass
+    shared = SharedTrunk(TEXTS, ITEM, layers=22, users=3)
+    for model in (base, merged, half):
+        encoder = Encoder(model, query_length=6, document_length=6, batch_size=2)
+        np.testing.assert_array_equal(shared.embed(encoder), encoder.conversations(TEXTS, ITEM))
+    assert shared._trunk is None  # dropped after its last user
+    nothing = SharedTrunk(TEXTS, ITEM, layers=0)  # an adapter on every layer: no states are kept
+    np.testing.assert_array_equal(nothing.embed(Encoder(base, 6, 6, 2)), Encoder(base, 6, 6, 2).conversations(TEXTS, ITEM))
+    assert nothing._trunk is None
 
 
 def test_bfloat16_inference_cast_stays_close_to_float32(lm, base_dir):
