@@ -2,7 +2,7 @@
 
 With LoRA on the top N decoder layers only (``model.lora.layers``), the layers below are the base model's own
 weights in the un-tuned model, in the fine-tuned one (merged or not) and at every training step: for the same
-text their states are the same. ``trunk`` runs a set of texts through those layers once, batched exactly as
+text their states are the same. ``trunk_states`` runs a set of texts through those layers once, batched exactly as
 ``RetrievableLM.embed`` batches them; ``embed_trunk`` finishes them in any model whose bottom layers are the
 same weights (a checksum says so, else ``TrunkMismatchError``), running only the layers above. The result is
 ``embed``'s, bit for bit (the same operations on the same states); the second model pays N of the layers.

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import hardware
+from pipeline import hardware, templates
 from pipeline.baselines import item_counts
 from pipeline.catalogue import (CatalogueValidation, catalogue_loss, catalogue_tasks, prior_sweep, rank_scores,
                                 recall_per_item)
@@ -128,7 +128,7 @@ def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_
     # the passes after the first ran the 3 adapted layers on the 27 frozen layers' kept states: the same vectors
     assert validate._trunks["toy"].layers == 27
     np.testing.assert_array_equal(validate.query_vectors(lm, "toy"),
-                                  lm.embed(pairs["query"].tolist(), "Retrieve relevant items based on user conversation history",
+                                  lm.embed(pairs["query"].tolist(), templates.CONV2ITEM_QUERY,
                                            batch_size=4, max_length=24, truncation_side="left"))
     loop.finish(tmp_path / "model", tmp_path / "loss.csv", {}, "item_bias.safetensors", tmp_path / "validation.csv")
     saved = load_file(tmp_path / "model/item_bias.safetensors")
