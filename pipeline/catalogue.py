@@ -43,7 +43,7 @@ from safetensors.numpy import load_file
 from pipeline import templates
 from pipeline.errors import DataError
 from pipeline.model import ADAPTER_MANIFEST, RetrievableLM
-from pipeline.trunk import Trunk, bottom_fingerprint, embed_trunk, frozen_bottom_layers, trunk_states
+from pipeline.trunk import Trunk, TrunkMismatchError, embed_trunk, frozen_bottom_layers, trunk_states
 
 BIAS_FILE = "item_bias.safetensors"  # in the fine-tuned model folder: one tensor per dataset
 ITEM_TABLES = ("base", "centered")  # the fixed table as embedded, or centred on its mean and re-normalised
@@ -233,8 +233,12 @@ class CatalogueValidation:
         if not frozen:
             return lm.embed(self.queries[dataset], templates.CONV2ITEM_QUERY, **kwargs)
         trunk = self._trunks.get(dataset)
-        if trunk is None or trunk.layers != frozen or bottom_fingerprint(lm, frozen) != trunk.fingerprint:
-            trunk = self._trunks[dataset] = trunk_states(lm, self.queries[dataset], templates.CONV2ITEM_QUERY, layers=frozen, **kwargs)
+        if trunk is not None and trunk.layers == frozen:
+            try:
+                return embed_trunk(lm, trunk, progress=False)
+            except TrunkMismatchError:  # the bottom layers moved (not LoRA-only training): states from this model
+                pass
+        trunk = self._trunks[dataset] = trunk_states(lm, self.queries[dataset], templates.CONV2ITEM_QUERY, layers=frozen, **kwargs)
         return embed_trunk(lm, trunk, progress=False)
 
     def __call__(self, lm: RetrievableLM) -> list[dict]:

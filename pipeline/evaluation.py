@@ -111,8 +111,8 @@ def build_system(lm: RetrievableLM, data: EvalData, settings: RecommenderSetting
     encoder = Encoder(lm, settings.query_length, settings.document_length, settings.embed_batch)
     if item_vectors is None:
         item_vectors = encoder.items(data.items["description"].tolist())
-    store = store or SharedTrunk(data.turns_train["query"].tolist(), templates.CONV2CONV_SAMPLE, 0, users=0)
-    store_vectors = store.embed(encoder)
+    store_vectors = (store.embed(encoder) if store is not None
+                     else encoder.conversations(data.turns_train["query"].tolist(), templates.CONV2CONV_SAMPLE))
     corpus = ItemCorpus(data.items["item_id"].tolist(), item_vectors, item_bias)
     return ReFICR(lm, corpus, ConversationStore.from_turns(data.turns_train, store_vectors), item_titles(data.items), settings)
 
