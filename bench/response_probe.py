@@ -5,11 +5,12 @@ stop opening with the dialogue-management explanations' "The user's ..." and sta
 
 The committed run's replies (README, "The generated replies are not yet replies"): 45 of 50 open with a sentence
 about the conversation ("The user's response is in the first paragraph."), borrowed from the DM targets, every one of
-whose explanations starts "The user's intention:". Fine-tuning draws its generation batch task-uniformly (ranking,
-DM, response), 2 a step, so 72 steps show the response task ~48 examples. This probe continues training the
-committed adapter (``models/reficr``, or a fresh LoRA on ``models/base`` with ``--start base``) on generation alone,
-the tasks of ``--tasks`` drawn uniformly as fine-tuning draws them (default: response and DM, so the DM targets
-keep pulling as they do in the joint run), through the pipeline's TrainLoop, and every ``--eval-every`` steps
+whose explanations starts "The user's intention:". Fine-tuning draws its generation batch by task weight
+(ranking, DM, response; ``finetune.generation_weights``, 1 each), 2 a step, so 72 steps show the response task ~48
+examples. This probe continues training the committed adapter (``models/reficr``, or a fresh LoRA on
+``models/base`` with ``--start base``) on generation alone, the tasks of ``--tasks`` drawn by their weights as
+fine-tuning draws them (default: response and DM, so the DM targets keep pulling as they do in the joint run),
+through the pipeline's TrainLoop, and every ``--eval-every`` steps
 scores a seeded sample of the *validation* responses (ReDial valid + INSPIRED dev; the test split is never read):
 
 - ``opener_rate``: greedy replies starting "The user's" (the borrowed opener);
@@ -47,7 +48,17 @@ from stages._common import load_params  # noqa: E402
 from stages._params import lora  # noqa: E402
 
 OPENER = "The user's"
-TASKS = {"response": "response_train.parquet", "dm": "dm_train.parquet"}
+TASKS = {"response": "data/instructions/response_train.parquet", "dm": "data/instructions/dm_train.parquet",
+         "ranking": "data/negatives/ranking_train.parquet"}
+
+
+def parse_tasks(spec: str) -> dict[str, int]:
+    """``response,dm`` or ``ranking=1,dm=0,response=1``: each task's weight (as ``finetune.generation_weights``)."""
+    weights = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _, weight = part.partition("=")
+        weights[name.strip()] = int(weight) if weight else 1
+    return weights
 
 
 def names_an_item(reply: str, titles: list[str]) -> bool:
@@ -60,7 +71,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--start", choices=["reficr", "base"], default="reficr",
                     help="continue the committed adapter (models/reficr) or train a fresh LoRA on models/base")
-    ap.add_argument("--tasks", default="response,dm", help=f"generation tasks drawn uniformly, of {sorted(TASKS)}")
+    ap.add_argument("--tasks", default="response,dm",
+                    help=f"generation tasks, of {sorted(TASKS)}, each drawn by its weight (name=w; default 1)")
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--batch", type=int, default=4, help="generation examples per step")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -71,10 +83,13 @@ def main() -> None:
     params = load_params()
     ln = params["lengths"]
     max_new = params["eval"]["max_new_tokens_response"]
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:
+        tasks = parse_tasks(args.tasks)
+    except ValueError:
+        ap.error(f"--tasks {args.tasks!r}: expected name or name=integer, comma-separated")
     unknown = sorted(set(tasks) - set(TASKS))
-    if unknown or not tasks:
-        ap.error(f"--tasks: unknown {unknown}; expected a comma-separated subset of {sorted(TASKS)}")
+    if unknown or not any(tasks.values()):
+        ap.error(f"--tasks: unknown {unknown} or every weight 0; expected a comma-separated subset of {sorted(TASKS)}")
 
     valid = pd.read_parquet(ROOT / "data/instructions/response_valid.parquet")
     valid = valid.sample(n=min(args.eval_n, len(valid)), random_state=0)
@@ -114,9 +129,9 @@ def main() -> None:
         return [{k: v for k, v in row.items() if k in ("opener_rate", "distinct2", "gold_ppl")}]
 
     generation = []
-    for name in tasks:
-        table = pd.read_parquet(ROOT / "data/instructions" / TASKS[name])
-        generation.append(GenerationTask(name, table.prompt.tolist(), table.target.tolist()))
+    for name, weight in tasks.items():
+        table = pd.read_parquet(ROOT / TASKS[name])
+        generation.append(GenerationTask(name, table.prompt.tolist(), table.target.tolist(), weight))
     objective = FinetuneObjective([], generation, 0, args.batch, 0.05,
                                   Lengths(ln["query"], ln["document"], ln["prompt"], ln["target"]))
     work = Path("/tmp/reficr-response-probe")

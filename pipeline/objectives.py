@@ -4,7 +4,8 @@
   pairs, in-batch negatives, false negatives (a document that shares a gold item with the query) masked.
 - ``finetune_objective`` (Eq. 4-7): per retrieval task a batch of queries, each with
   ``[positive, negative_1..negative_k]`` (mined), in-batch negatives optional; plus a batch of generation
-  instances (ranking, dialogue management, response generation, drawn task-uniformly) for the LM loss;
+  instances (ranking, dialogue management, response generation; a task drawn with probability proportional to
+  its integer ``weight``, equal by default, 0 leaving it out) for the LM loss;
   ``loss = lambda_cl * mean(L_cl over tasks) + lambda_gen * L_gen``.
 Batches come from the ``random.Random`` the loop passes in (seeded by step), so they are reproducible.
 """
@@ -12,6 +13,7 @@ Batches come from the ``random.Random`` the loop passes in (seeded by step), so 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -19,6 +21,7 @@ import torch
 
 from pipeline import templates
 from pipeline.catalogue import CatalogueTask, catalogue_step_loss
+from pipeline.errors import ParamError
 from pipeline.losses import JointLossOutput, in_batch_info_nce, joint_loss, key_overlap_mask, mined_negatives_loss
 from pipeline.model import RetrievableLM
 from pipeline.settings import Lengths
@@ -50,6 +53,7 @@ class GenerationTask:
     name: str
     prompts: list[str]
     targets: list[str]
+    weight: int = 1  # how often it is drawn against the other generation tasks (0: never)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -145,18 +149,25 @@ class FinetuneObjective:
         losses += catalogue_losses(lm, self.catalogue, self.catalogue_batch, rng, self.temperature, self.lengths)
         device = lm.device
         loss_cl = torch.stack(losses).mean() if losses else torch.zeros((), device=device)
-        tasks = [t for t in self.generation if len(t)]
-        if tasks and self.generation_batch:
-            picks = []
-            for _ in range(self.generation_batch):
-                task = tasks[rng.randrange(len(tasks))]
-                i = rng.randrange(len(task))
-                picks.append((task.prompts[i], task.targets[i]))
+        picks = self.generation_picks(rng)
+        if picks:
             batch = lm.tokenize_pairs([p for p, _ in picks], [t for _, t in picks], self.lengths.prompt, self.lengths.target)
             loss_gen = lm.lm_loss(batch)
         else:
             loss_gen = torch.zeros((), device=device)
         return joint_loss(loss_cl, loss_gen, self.lambda_cl, self.lambda_gen)
+
+    def generation_picks(self, rng: random.Random) -> list[tuple[str, str]]:
+        """``generation_batch`` (prompt, target) pairs: each a task drawn with probability proportional to its weight
+        (a task of weight w stands w times in the list drawn from, so equal weights draw as a uniform choice), then
+        one of its instances."""
+        slots = [t for t in self.generation if len(t) for _ in range(t.weight)]
+        picks = []
+        for _ in range(self.generation_batch if slots else 0):
+            task = slots[rng.randrange(len(slots))]
+            i = rng.randrange(len(task))
+            picks.append((task.prompts[i], task.targets[i]))
+        return picks
 
 
 # ----------------------------------------------------------------------------- tasks from instruction tables
@@ -172,10 +183,25 @@ def warmup_tasks(conv2item: pd.DataFrame, conv2conv: pd.DataFrame) -> list[Retri
     ]
 
 
+GENERATION_TASKS = ("ranking", "dm", "response")
+
+
+def generation_weights(weights: Mapping[str, int] | None) -> dict[str, int]:
+    """``finetune.generation_weights`` checked: a non-negative integer for each of GENERATION_TASKS (None: 1 each)."""
+    if weights is None:
+        return dict.fromkeys(GENERATION_TASKS, 1)
+    if set(weights) != set(GENERATION_TASKS) or not all(type(w) is int and w >= 0 for w in weights.values()):
+        raise ParamError(f"params.yaml: finetune.generation_weights {dict(weights)!r}; expected a non-negative integer "
+                         f"for each of {', '.join(GENERATION_TASKS)} (e.g. {{ranking: 1, dm: 1, response: 1}})")
+    return dict(weights)
+
+
 def finetune_tasks(conv2item: pd.DataFrame, conv2conv: pd.DataFrame, ranking: pd.DataFrame, dm: pd.DataFrame,
-                   response: pd.DataFrame) -> tuple[list[RetrievalTask], list[GenerationTask]]:
+                   response: pd.DataFrame, weights: Mapping[str, int] | None = None,
+                   ) -> tuple[list[RetrievalTask], list[GenerationTask]]:
     """Joint fine-tuning's tasks: mined groups ``[positive, negatives...]`` (data/negatives) and the three
-    generation tasks (ranking, dialogue management, response generation)."""
+    generation tasks (ranking, dialogue management, response generation), drawn by ``weights``
+    (``generation_weights``)."""
     retrieval = [
         RetrievalTask("conv2item", templates.CONV2ITEM_QUERY, templates.CONV2ITEM_SAMPLE, conv2item["query"].tolist(),
                       [[p, *list(n)] for p, n in zip(conv2item["positive"], conv2item["negatives"])],
@@ -187,6 +213,7 @@ def finetune_tasks(conv2item: pd.DataFrame, conv2conv: pd.DataFrame, ranking: pd
                       [[set(pg), *(set(x) for x in ng)] for pg, ng in zip(conv2conv["positive_gold_item_ids"], conv2conv["negative_gold_item_ids"])],
                       doc_truncation="left"),
     ]
-    generation = [GenerationTask(name, f["prompt"].tolist(), f["target"].tolist())
-                  for name, f in (("ranking", ranking), ("dm", dm), ("response", response))]
+    weight = generation_weights(weights)
+    generation = [GenerationTask(name, f["prompt"].tolist(), f["target"].tolist(), weight[name])
+                  for name, f in zip(GENERATION_TASKS, (ranking, dm, response))]
     return retrieval, generation

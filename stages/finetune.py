@@ -1,7 +1,7 @@
 """DVC stage `finetune` (Eq. 4-7): from the base model (INIT only mines), LoRA/QLoRA per profile; each step
 a batch of retrieval queries and a batch of generation instances (ranking, dialogue management, response
-generation). Conv2Item is the paper's (1 positive + `negatives` mined negatives, plus in-batch negatives, a
-parameter) or, with `finetune.retrieval_objective: catalogue`, a softmax over the whole catalogue against the
+generation; drawn by `finetune.generation_weights`). Conv2Item is the paper's (1 positive + `negatives` mined
+negatives, plus in-batch negatives, a parameter) or, with `finetune.retrieval_objective: catalogue`, a softmax over the whole catalogue against the
 base model's item table with an optional learned item bias (``pipeline.catalogue``: an extension).
 Output: models/reficr (adapter [+ item_bias.safetensors]), plots/finetune_loss.csv, plots/finetune_validation.csv.
 
@@ -68,7 +68,7 @@ def main() -> None:
     frames = [pd.read_parquet(ROOT / p) for p in INPUTS]
     dm = INPUTS.index("data/instructions/dm_train.parquet")
     frames[dm] = dm_training_turns(params, frames[dm])
-    retrieval, generation = finetune_tasks(*frames)
+    retrieval, generation = finetune_tasks(*frames, weights=f["generation_weights"])
     catalogue, validate = catalogue_inputs(params)
     if catalogue:  # Conv2Item against the whole catalogue replaces its mined form; Conv2Conv stays the paper's
         retrieval = [t for t in retrieval if t.name != "conv2item"]

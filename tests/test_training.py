@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import random
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,7 +13,9 @@ from safetensors.torch import load_file
 from pipeline import templates
 from pipeline.losses import joint_loss
 from pipeline.model import LoraSettings, RetrievableLM
-from pipeline.objectives import FinetuneObjective, GenerationTask, RetrievalTask, WarmupObjective
+from pipeline.errors import ParamError
+from pipeline.objectives import (FinetuneObjective, GenerationTask, RetrievalTask, WarmupObjective, finetune_tasks,
+                                 generation_weights)
 from pipeline.settings import Lengths
 from pipeline.training import TrainConfig, TrainingDiverged, TrainLoop, linear_schedule
 
@@ -114,3 +117,49 @@ def test_warmup_objective_masks_in_batch_false_negatives(base_dir):
 
 def test_linear_schedule():
     assert [round(linear_schedule(s, 10, 0.2), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+
+
+def generation_objective(weights: dict[str, int], batch: int) -> FinetuneObjective:
+    """Three generation tasks whose instances name their task (prompt 'ranking 3', target 'ranking 3 target')."""
+    tasks = [GenerationTask(name, [f"{name} {i}" for i in range(5)], [f"{name} {i} target" for i in range(5)], weights[name])
+             for name in ("ranking", "dm", "response")]
+    return FinetuneObjective([], tasks, 0, batch, 0.05, LENGTHS)
+
+
+def test_equal_generation_weights_draw_as_the_uniform_choice_did():
+    """Weights 1/1/1 (every profile's) must draw exactly what the task-uniform draw did: committed runs reproduce."""
+    tasks = generation_objective({"ranking": 1, "dm": 1, "response": 1}, batch=6).generation
+    rng = random.Random(7)
+    before = []
+    for _ in range(6):  # the draw before generation_weights existed
+        task = tasks[rng.randrange(len(tasks))]
+        i = rng.randrange(len(task))
+        before.append((task.prompts[i], task.targets[i]))
+    assert generation_objective({"ranking": 1, "dm": 1, "response": 1}, batch=6).generation_picks(random.Random(7)) == before
+
+
+def test_generation_weights_set_how_often_each_task_is_drawn():
+    rng = random.Random(0)
+    picks = [p for _ in range(500) for p, _ in generation_objective({"ranking": 2, "dm": 0, "response": 1}, 6).generation_picks(rng)]
+    share = {name: sum(p.startswith(name) for p in picks) / len(picks) for name in ("ranking", "dm", "response")}
+    assert share["dm"] == 0  # weight 0: never drawn
+    assert abs(share["ranking"] - 2 / 3) < 0.03 and abs(share["response"] - 1 / 3) < 0.03  # 3,000 draws: sd ~0.009
+    assert generation_objective({"ranking": 0, "dm": 0, "response": 0}, 6).generation_picks(rng) == []  # no LM loss
+
+
+@pytest.mark.parametrize("weights", [{"ranking": 1, "dm": 1}, {"ranking": 1, "dm": -1, "response": 1},
+                                     {"ranking": 1, "dm": 0.5, "response": 1}, {"ranking": 1, "dm": True, "response": 1},
+                                     {"ranking": 1, "dm": 1, "response": 1, "chat": 1}])
+def test_bad_generation_weights_are_refused_by_name(weights):
+    with pytest.raises(ParamError, match=r"finetune\.generation_weights .*expected a non-negative integer for each of "
+                                         r"ranking, dm, response"):
+        generation_weights(weights)
+
+
+def test_finetune_tasks_carry_the_weights():
+    frame = pd.DataFrame({"prompt": ["p"], "target": ["t"]})
+    empty = pd.DataFrame({c: [] for c in ("query", "positive", "negatives", "gold_item_ids", "item_id", "negative_ids",
+                                          "positive_gold_item_ids", "negative_gold_item_ids")})
+    _, generation = finetune_tasks(empty, empty, frame, frame, frame, {"ranking": 1, "dm": 0, "response": 3})
+    assert [(t.name, t.weight) for t in generation] == [("ranking", 1), ("dm", 0), ("response", 3)]
+    assert generation_weights(None) == {"ranking": 1, "dm": 1, "response": 1}
