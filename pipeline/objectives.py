@@ -162,8 +162,10 @@ class FinetuneObjective:
         (a task of weight w stands w times in the list drawn from, so equal weights draw as a uniform choice), then
         one of its instances."""
         slots = [t for t in self.generation if len(t) for _ in range(t.weight)]
+        if not slots:  # no generation task, or every weight 0: no LM loss
+            return []
         picks = []
-        for _ in range(self.generation_batch if slots else 0):
+        for _ in range(self.generation_batch):
             task = slots[rng.randrange(len(slots))]
             i = rng.randrange(len(task))
             picks.append((task.prompts[i], task.targets[i]))
