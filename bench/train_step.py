@@ -86,7 +86,7 @@ def one_step(loop: TrainLoop, step: int) -> None:
 def run_row(row: dict, data, steps: int, profile: bool) -> dict:
     torch.manual_seed(0)
     lm = RetrievableLM.load(ROOT / "models/base", device="cpu", dtype=row["dtype"], trainable=True)
-    lm.attach_lora(LoraSettings(layers=row["layers"]))
+    lm.attach_lora(LoraSettings(layers=row["layers"], dropout=row.get("lora_dropout", LoraSettings.dropout)))
     objective, queries = build(row, data)
     loop = TrainLoop(lm, TrainConfig(steps=steps + 1, lr=1e-4), objective, "/tmp/reficr-bench-train-step",
                      extra_params=objective.extra_parameters() if hasattr(objective, "extra_parameters") else {}, extra_lr=0.05)
@@ -146,11 +146,14 @@ def main() -> None:
          "layers": args.layers, "dtype": "bfloat16", "batch": args.batch},
         {"name": f"catalogue fine-tune step (top {args.layers}, fp32: + Conv2Conv mined 2x10 + 2 generation)", "objective": "catalogue",
          "layers": args.layers, "dtype": "float32", "batch": args.batch},
+        # LoRA dropout draws a Bernoulli mask over every adapted projection's input each step
+        {"name": f"catalogue fine-tune step (top {args.layers}, fp32, as row 6) with LoRA dropout 0", "objective": "catalogue",
+         "layers": args.layers, "dtype": "float32", "batch": args.batch, "lora_dropout": 0.0},
     ]
     chosen = [int(r) - 1 for r in args.rows.split(",")] if args.rows else range(len(rows))
     results = []
     for i in chosen:
-        results.append(run_row(rows[i], data, args.steps, args.profile and i in (0, 3)))
+        results.append(run_row(rows[i], data, args.steps, args.profile and i in (0, 3, 5, 6)))
         print(json.dumps(results[-1]), flush=True)
     base = results[0]["conv2item_queries_per_minute"]
     for r in results:
