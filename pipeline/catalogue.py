@@ -267,7 +267,7 @@ class PriorChoice:
     (``CatalogueValidation``), so evaluation need not embed the validation split again."""
 
     beta: float
-    n: int  # validation contexts
+    n: int  # validation gold items (per-item Recall's n; a context with two gold items counts twice)
     step: int  # the training step of that pass
     score: float  # validation Recall (mean of @10 and @50) at ``beta``
     score_without: float  # ... at beta = 0 (retrieval alone)

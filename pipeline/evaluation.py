@@ -219,8 +219,8 @@ def _retrieval_prior(run: EvalRun) -> list[list[str]]:
         gold_rows = [[position[g] for g in gold if g in position] for gold in valid.gold_item_ids]
         with run.timer("retrieval+prior: choose beta on the validation split"):
             valid_scores = run.reficr.item_scores(valid["query"].tolist()) / s.temperature
-            beta, tried, _ = prior_sweep(valid_scores, prior, gold_rows, s.prior_betas, k)
-        run.extra_metrics.update({"retrieval+prior.beta": beta, "retrieval+prior.validation_n": len(valid),
+            beta, tried, chosen_recall = prior_sweep(valid_scores, prior, gold_rows, s.prior_betas, k)
+        run.extra_metrics.update({"retrieval+prior.beta": beta, "retrieval+prior.validation_n": chosen_recall["n"],
                                   "retrieval+prior.chosen_at": "evaluate"}
                                  | {f"retrieval+prior.validation_recall@10_50.beta={b}": v for b, v in tried.items()})
         log.info("retrieval+prior: validation Recall (mean of @10 and @%d) per beta %s -> beta %s", k, tried, beta)

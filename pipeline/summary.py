@@ -44,14 +44,15 @@ def table(name: str, m: dict) -> list[str]:
             lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
         if "retrieval+prior.beta" in m:
             beta = m["retrieval+prior.beta"]
-            lines += ["", f"retrieval+prior: beta = {beta}, chosen on {m['retrieval+prior.validation_n']} validation contexts"
+            lines += ["", f"retrieval+prior: beta = {beta}, chosen on {m['retrieval+prior.validation_n']} validation gold items"
                           f"{' (' + m['retrieval+prior.chosen_at'] + ')' if 'retrieval+prior.chosen_at' in m else ''} "
                           f"(validation Recall, mean of @10 and @50: {m[f'retrieval+prior.validation_recall@10_50.beta={beta}']:.3f}; "
                           f"beta = 0, i.e. retrieval alone: {m.get('retrieval+prior.validation_recall@10_50.beta=0', float('nan')):.3f})"]
         lines.append("")
     lines += ["### conversation", "",
               f"- perplexity of gold responses, given the gold items (oracle, as the paper): {m['response.ppl.gold_items']:.2f}; "
-              f"given the model's own items: {m['response.ppl.own_items']:.2f} (n = {m['response.n']})",
+              f"given the model's own items (its top ranked, as many as the gold response names): {m['response.ppl.own_items']:.2f} "
+              f"(n = {m['response.n']})",
               f"- Distinct-2 / Distinct-4, unique/total: {m['response.distinct@2.ratio']:.3f} / {m['response.distinct@4.ratio']:.3f}; "
               f"unique/responses (CRSLab): {m['response.distinct@2.per_response']:.3f} / {m['response.distinct@4.per_response']:.3f} "
               f"(n = {m['response.generated_n']})",

@@ -97,6 +97,10 @@ def test_prior_sweep_by_hand():
     # beta 0: both golds third; beta 1: q0's gold (3 vs 2.5 vs 2) second, q1's third; beta 2: q0's first, q1's third
     assert tried == {0: 0.5, 1: 0.75, 2: 0.75}
     assert beta == 1 and recall == {"recall@10": 1.0, "recall@2": 0.5, "n": 2}  # a tie goes to the smaller beta
+    # n counts gold items, not contexts (the summary's "chosen on n validation gold items"): q1 with two golds counts
+    # twice; at beta 0 only q1's item 1 is in a top 2
+    _, _, recall = prior_sweep(scores, prior, [[2], [0, 1]], [0], k=2)
+    assert recall == {"recall@10": 1.0, "recall@2": pytest.approx(1 / 3), "n": 3}
 
 
 @pytest.mark.slow
