@@ -7,7 +7,7 @@ Every row runs the pipeline's own objective (``pipeline.objectives``) and optimi
 (ReDial + INSPIRED Conv2Item/Conv2Conv pairs, DM and response targets) with the small model: 1 untimed step, then
 the median of ``--steps`` timed steps. Timing only: the mined negatives are random catalogue items and the item
 table is random unit vectors of the catalogue's real shape (what a step costs does not depend on which items they
-are). ``--profile`` adds torch.profiler's top operators for the first and the cheapest row. Ratios are against
+are). ``--profile`` adds torch.profiler's top operators for rows 1, 4, 6 and 7. Ratios are against
 row 1 (today's warm-up), measured in the same run; compare ratios across machines, never seconds.
 """
 
