@@ -58,6 +58,8 @@ def parse_tasks(spec: str) -> dict[str, int]:
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         name, _, weight = part.partition("=")
         weights[name.strip()] = int(weight) if weight else 1
+        if weights[name.strip()] < 0:
+            raise ValueError(f"{part}: a weight is a non-negative integer")
     return weights
 
 

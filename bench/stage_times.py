@@ -7,8 +7,8 @@ per-stage table and issue 10's budget figure in one run.
 Standard library only (a fresh clone has no virtualenv before ``make run`` makes one). The command's output is
 passed through, each line prefixed with the minutes elapsed; a stage runs from its "Running stage 'NAME'" line to
 the next one (or the command's end), and everything before the first is "setup". Afterwards the machine's speed is
-measured (2048 x 2048 fp32 matrix products on 2 threads, median of 9, with the project's torch where ``.venv``
-exists), so that timings from machines of different speed can be compared: the slow 2-core AVX2 EPYCs here reach
+measured (2048 x 2048 fp32 matrix products on 2 threads, median of 9: ``bench/embed.py``'s ``matmul_gflops``, run by
+the project's python where ``.venv`` exists), so that timings from machines of different speed can be compared: the slow 2-core AVX2 EPYCs here reach
 65-82 GFLOP/s, the normal ones ~140-154. Writes ``--out`` (JSON) and prints a markdown table.
 """
 
@@ -24,16 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
-CALIBRATE = """
-import statistics, time, torch
-torch.set_num_threads(2)
-a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-for _ in range(3): a @ b
-times = []
-for _ in range(9):
-    t = time.perf_counter(); a @ b; times.append(time.perf_counter() - t)
-print(2 * 2048 ** 3 / statistics.median(times) / 1e9)
-"""
+# bench/embed.py's measurement, run by the project's python (this script itself needs only the standard library)
+CALIBRATE = "import torch; torch.set_num_threads(2); from bench.embed import matmul_gflops; print(matmul_gflops(2048, 9))"
 
 
 def stage_minutes(events: list[tuple[float, str]], end: float) -> dict[str, float]:
@@ -50,7 +42,7 @@ def gflops() -> float | None:
     python = ROOT / ".venv/bin/python"
     if not python.exists():
         return None
-    done = subprocess.run([str(python), "-c", CALIBRATE], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([str(python), "-c", CALIBRATE], capture_output=True, text=True, timeout=600, cwd=ROOT)
     return round(float(done.stdout.strip()), 1) if done.returncode == 0 else None
 
 

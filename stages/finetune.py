@@ -1,8 +1,9 @@
 """DVC stage `finetune` (Eq. 4-7): from the base model (INIT only mines), LoRA/QLoRA per profile; each step
 a batch of retrieval queries and a batch of generation instances (ranking, dialogue management, response
 generation; drawn by `finetune.generation_weights`). Conv2Item is the paper's (1 positive + `negatives` mined
-negatives, plus in-batch negatives, a parameter) or, with `finetune.retrieval_objective: catalogue`, a softmax over the whole catalogue against the
-base model's item table with an optional learned item bias (``pipeline.catalogue``: an extension).
+negatives, plus in-batch negatives, a parameter) or, with `finetune.retrieval_objective: catalogue`, a softmax
+over the whole catalogue against the base model's item table with an optional learned item bias
+(``pipeline.catalogue``: an extension).
 Output: models/reficr (adapter [+ item_bias.safetensors]), plots/finetune_loss.csv, plots/finetune_validation.csv.
 
     python -m stages.finetune
