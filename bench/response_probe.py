@@ -16,7 +16,11 @@ scores a seeded sample of the *validation* responses (ReDial valid + INSPIRED de
 - ``opener_rate``: greedy replies starting "The user's" (the borrowed opener);
 - ``item_rate``: of the prompts that give items, replies naming at least one of them (title without its year);
 - ``distinct2``: Distinct-2 (unique / total word bigrams) of the replies;
-- ``gold_ppl``: perplexity of the gold replies given the prompts.
+- ``gold_ppl``: perplexity of the gold replies given the prompts;
+- ``loop_rate``: replies with a repeated span (``pipeline.grounding.has_loop``, evaluate's ``response.raw.loop_rate``).
+
+``--steps 0`` scores an adapter as it is, without training: ``--adapter`` names another run's (a clone's
+``models/reficr``) to compare two fine-tuning runs on the same validation replies.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.data.items import item_titles  # noqa: E402
-from pipeline.grounding import normalize, without_year  # noqa: E402
+from pipeline.grounding import has_loop, normalize, without_year  # noqa: E402
 from pipeline.metrics import distinct_n, perplexity  # noqa: E402
 from pipeline.model import RetrievableLM  # noqa: E402
 from pipeline.objectives import FinetuneObjective, GenerationTask  # noqa: E402
@@ -75,7 +79,8 @@ def main() -> None:
                     help="continue the committed adapter (models/reficr) or train a fresh LoRA on models/base")
     ap.add_argument("--tasks", default="response,dm",
                     help=f"generation tasks, of {sorted(TASKS)}, each drawn by its weight (name=w; default 1)")
-    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--adapter", default=str(ROOT / "models/reficr"), help="the adapter --start reficr continues")
+    ap.add_argument("--steps", type=int, default=48, help="training steps (0: score the adapter as it is)")
     ap.add_argument("--batch", type=int, default=4, help="generation examples per step")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=12)
@@ -106,7 +111,7 @@ def main() -> None:
     torch.manual_seed(0)
     lm = RetrievableLM.load(ROOT / "models/base", device="cpu", trainable=True)
     if args.start == "reficr":
-        lm.load_adapter(ROOT / "models/reficr", trainable=True)
+        lm.load_adapter(Path(args.adapter), trainable=True)
     else:
         lm.attach_lora(lora(params), seed=0)
     curve: list[dict] = []
@@ -119,11 +124,12 @@ def main() -> None:
                         max_target_length=ln["target"])
         with_items = [(r, t) for r, t in zip(replies, given) if t]
         row = {
-            "step": loop.step, "examples": loop.step * args.batch,
+            "step": loop.step if loop else 0, "examples": loop.step * args.batch if loop else 0,
             "opener_rate": round(float(np.mean([r.strip().startswith(OPENER) for r in replies])), 3),
             "item_rate": round(float(np.mean([names_an_item(r, t) for r, t in with_items])), 3) if with_items else None,
             "distinct2": round(distinct_n([re.findall(r"\w+|[^\w\s]", r.lower()) for r in replies], 2)["ratio"], 3),
             "gold_ppl": round(perplexity(gold), 2),
+            "loop_rate": round(float(np.mean([has_loop(r) for r in replies])), 3),
             "examples_of_replies": replies[:3], "seconds": round(time.perf_counter() - start, 1),
         }
         curve.append(row)
@@ -136,12 +142,23 @@ def main() -> None:
         generation.append(GenerationTask(name, table.prompt.tolist(), table.target.tolist(), weight))
     objective = FinetuneObjective([], generation, 0, args.batch, 0.05,
                                   Lengths(ln["query"], ln["document"], ln["prompt"], ln["target"]))
+    loop = None
+    start = time.perf_counter()
+    if args.steps == 0:
+        lm.model.eval()
+        with torch.no_grad():
+            score(lm)
+        return write(args, valid, curve, start)
     work = Path("/tmp/reficr-response-probe")
     shutil.rmtree(work, ignore_errors=True)  # never resume an earlier probe
     loop = TrainLoop(lm, TrainConfig(steps=args.steps, lr=args.lr, save_every=10 ** 9), objective, work,
                      validate=score, validate_every=args.eval_every)
     start = time.perf_counter()
     loop.run()
+    write(args, valid, curve, start)
+
+
+def write(args: argparse.Namespace, valid: pd.DataFrame, curve: list[dict], start: float) -> None:
     result = {"args": vars(args), "validation_responses": len(valid), "curve": curve,
               "minutes": round((time.perf_counter() - start) / 60, 1), "cpu_threads": torch.get_num_threads()}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
