@@ -95,6 +95,8 @@ def main() -> None:
     except ValueError:
         ap.error(f"--tasks {args.tasks!r}: expected name or name=integer, comma-separated")
     unknown = sorted(set(tasks) - set(TASKS))
+    if args.steps < 0 or (args.start == "base" and args.adapter != ap.get_default("adapter")):
+        ap.error("--steps: expected 0 or more; --adapter: only with --start reficr")
     if unknown or not any(tasks.values()):
         ap.error(f"--tasks: unknown {unknown} or every weight 0; expected a comma-separated subset of {sorted(TASKS)}")
 
@@ -148,12 +150,12 @@ def main() -> None:
         lm.model.eval()
         with torch.no_grad():
             score(lm)
-        return write(args, valid, curve, start)
+        write(args, valid, curve, start)
+        return
     work = Path("/tmp/reficr-response-probe")
     shutil.rmtree(work, ignore_errors=True)  # never resume an earlier probe
     loop = TrainLoop(lm, TrainConfig(steps=args.steps, lr=args.lr, save_every=10 ** 9), objective, work,
                      validate=score, validate_every=args.eval_every)
-    start = time.perf_counter()
     loop.run()
     write(args, valid, curve, start)
 
