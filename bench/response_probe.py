@@ -95,8 +95,10 @@ def main() -> None:
     except ValueError:
         ap.error(f"--tasks {args.tasks!r}: expected name or name=integer, comma-separated")
     unknown = sorted(set(tasks) - set(TASKS))
-    if args.steps < 0 or (args.start == "base" and args.adapter != ap.get_default("adapter")):
-        ap.error("--steps: expected 0 or more; --adapter: only with --start reficr")
+    if args.steps < 0:
+        ap.error(f"--steps {args.steps}: expected 0 or more")
+    if args.start == "base" and args.adapter != ap.get_default("adapter"):
+        ap.error("--adapter: only with --start reficr (--start base trains a fresh LoRA)")
     if unknown or not any(tasks.values()):
         ap.error(f"--tasks: unknown {unknown} or every weight 0; expected a comma-separated subset of {sorted(TASKS)}")
 
@@ -125,8 +127,9 @@ def main() -> None:
         gold = lm.score(valid.prompt.tolist(), valid.target.tolist(), max_prompt_length=ln["prompt"],
                         max_target_length=ln["target"])
         with_items = [(r, t) for r, t in zip(replies, given) if t]
+        step = loop.step if loop is not None else 0  # --steps 0 scores before any loop exists
         row = {
-            "step": loop.step if loop else 0, "examples": loop.step * args.batch if loop else 0,
+            "step": step, "examples": step * args.batch,
             "opener_rate": round(float(np.mean([r.strip().startswith(OPENER) for r in replies])), 3),
             "item_rate": round(float(np.mean([names_an_item(r, t) for r, t in with_items])), 3) if with_items else None,
             "distinct2": round(distinct_n([re.findall(r"\w+|[^\w\s]", r.lower()) for r in replies], 2)["ratio"], 3),
