@@ -17,7 +17,11 @@ scores a seeded sample of the *validation* responses (ReDial valid + INSPIRED de
 - ``item_rate``: of the prompts that give items, replies naming at least one of them (title without its year);
 - ``distinct2``: Distinct-2 (unique / total word bigrams) of the replies;
 - ``gold_ppl``: perplexity of the gold replies given the prompts;
-- ``loop_rate``: replies with a repeated span (``pipeline.grounding.has_loop``, evaluate's ``response.raw.loop_rate``).
+- ``loop_rate``: replies with a repeated span (``pipeline.grounding.has_loop``, evaluate's ``response.raw.loop_rate``);
+- ``fallback_rate``, ``appended_rate``: what a person reads, each reply grounded as the recommender grounds it
+  (``pipeline.grounding.ground_reply`` with the prompt's items and context; evaluate's ``response.reply.*``):
+  replies with nothing usable left (the fixed fallback sentence instead), and replies that named none of the given
+  items (the fallback sentence added).
 
 ``--steps 0`` scores an adapter as it is, without training: ``--adapter`` names another run's (a clone's
 ``models/reficr``) to compare two fine-tuning runs on the same validation replies.
@@ -42,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.data.items import item_titles  # noqa: E402
-from pipeline.grounding import has_loop, normalize, without_year  # noqa: E402
+from pipeline.grounding import Catalogue, ground_reply, has_loop, normalize, without_year  # noqa: E402
 from pipeline.metrics import distinct_n, perplexity  # noqa: E402
 from pipeline.model import RetrievableLM  # noqa: E402
 from pipeline.objectives import FinetuneObjective, GenerationTask  # noqa: E402
@@ -52,6 +56,7 @@ from stages._common import load_params  # noqa: E402
 from stages._params import lora  # noqa: E402
 
 OPENER = "The user's"
+CONTEXT = re.compile(r"- Conversation Context:\n(.*)\n- Use this to inform your dialogue\.\n", re.DOTALL)
 TASKS = {"response": "data/instructions/response_train.parquet", "dm": "data/instructions/dm_train.parquet",
          "ranking": "data/negatives/ranking_train.parquet"}
 
@@ -65,6 +70,15 @@ def parse_tasks(spec: str) -> dict[str, int]:
         if weights[name.strip()] < 0:
             raise ValueError(f"{part}: a weight is a non-negative integer")
     return weights
+
+
+def prompt_context(prompt: str, instance_id: str) -> str:
+    """The conversation context a response prompt (``templates.RESPONSE``) was built from."""
+    found = CONTEXT.search(prompt)
+    if found is None:
+        raise ValueError(f"response_valid.parquet, instance {instance_id}: expected a response prompt with a "
+                         "'- Conversation Context:' section")
+    return found.group(1)
 
 
 def names_an_item(reply: str, titles: list[str]) -> bool:
@@ -108,6 +122,8 @@ def main() -> None:
     for ds in valid.dataset.unique():
         titles.update(item_titles(pd.read_parquet(ROOT / f"data/interim/{ds}/items.parquet")))
     given = [[titles[i] for i in ids] for ids in valid.item_ids]
+    contexts = [prompt_context(p, i) for p, i in zip(valid.prompt, valid.instance_id)]
+    catalogue = Catalogue(titles.values())
     print(f"{len(valid)} validation responses ({sum(map(bool, given))} with items); training on {tasks}, "
           f"from {args.start}", flush=True)
 
@@ -127,6 +143,7 @@ def main() -> None:
         gold = lm.score(valid.prompt.tolist(), valid.target.tolist(), max_prompt_length=ln["prompt"],
                         max_target_length=ln["target"])
         with_items = [(r, t) for r, t in zip(replies, given) if t]
+        read = [ground_reply(r, t, c, catalogue) for r, t, c in zip(replies, given, contexts)]
         step = loop.step if loop is not None else 0  # --steps 0 scores before any loop exists
         row = {
             "step": step, "examples": step * args.batch,
@@ -135,7 +152,9 @@ def main() -> None:
             "distinct2": round(distinct_n([re.findall(r"\w+|[^\w\s]", r.lower()) for r in replies], 2)["ratio"], 3),
             "gold_ppl": round(perplexity(gold), 2),
             "loop_rate": round(float(np.mean([has_loop(r) for r in replies])), 3),
-            "examples_of_replies": replies[:3], "seconds": round(time.perf_counter() - start, 1),
+            "fallback_rate": round(float(np.mean([r.fallback for r in read])), 3),
+            "appended_rate": round(float(np.mean([r.appended for r in read])), 3),
+            "examples_of_replies": replies[:3], "examples_read": [r.text for r in read[:3]], "seconds": round(time.perf_counter() - start, 1),
         }
         curve.append(row)
         print(json.dumps(row), flush=True)
