@@ -9,6 +9,11 @@ choices' training shares and the DM head at each L2 of ``eval.dm_validation.head
 dialogues) are tried as the prior, each at every weight of ``eval.dm_validation.weights``. Writes
 plots/dm_validation.csv (the sweep) and metrics/dm_validation.json (the chosen prior and weight, their validation
 accuracy and micro-F1 beside the majority action set's), which ``evaluate`` reads.
+
+It also runs the paper's unconstrained DM generation on ``eval.max_dm_generation`` of the validation turns (as
+``evaluate`` does on the test turns, ``dm.free_generation.*``): how often the model names an action by itself, and
+how well. A check on the fine-tuned model, not a choice (a setting that changes fine-tuning is then judged on
+validation for this too): metrics/dm_validation_generation.json, which ``evaluate`` does not read.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.dm_policy import HEAD, SHARES, DMHead, DMValidation, dm_sweep, fit_choices, validation_split
+from pipeline.instructions import ACTIONS, cap
 from pipeline.io import atomic_path, write_json
+from pipeline.metrics import dialogue_management_metrics, parse_actions
+from pipeline.model import RetrievableLM
 from pipeline.recommender import dm_evidence
 from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import model_settings
@@ -29,6 +37,7 @@ from stages._params import model_settings
 log = logging.getLogger("stages.validate_dm")
 SWEEP = "plots/dm_validation.csv"
 CHOICE = "metrics/dm_validation.json"
+GENERATION = "metrics/dm_validation_generation.json"
 
 
 def main() -> None:
@@ -46,8 +55,8 @@ def main() -> None:
         priors.append((HEAD, float(l2), head.log_prior(valid["prompt"].tolist())))
         log.info("DM head fitted at L2 %g (%d features)", l2, len(head.vocabulary))
     evidence = np.zeros((len(valid), len(choices)))
-    if any(float(w) for w in v["weights"]):  # weight 0 alone needs no model
-        lm = model_settings(params).load(ROOT / "models/base", adapter=ROOT / "models/reficr", merge=True)
+    lm = model_settings(params).load(ROOT / "models/base", adapter=ROOT / "models/reficr", merge=True)
+    if any(float(w) for w in v["weights"]):  # weight 0 alone needs no evidence
         start = time.perf_counter()
         evidence = dm_evidence(lm, valid["prompt"].tolist(), choices, params["lengths"]["prompt"])
         log.info("scored %d turns x %d choices in %.1f s", len(valid), len(choices), time.perf_counter() - start)
@@ -56,9 +65,27 @@ def main() -> None:
     log.info("prior %s (L2 %s), weight %s: validation accuracy %.3f, micro-F1 %.3f (majority %.3f / %.3f, n %d)",
              chosen.prior, chosen.l2, chosen.weight, chosen.accuracy, chosen.micro_f1, chosen.majority_accuracy,
              chosen.majority_micro_f1, chosen.n)
+    free = free_generation(lm, valid, params)
     with atomic_path(ROOT / SWEEP) as tmp:
         sweep.to_csv(tmp, index=False)
     write_json(ROOT / CHOICE, asdict(chosen))
+    write_json(ROOT / GENERATION, free)
+
+
+def free_generation(lm: RetrievableLM, valid: pd.DataFrame, params: dict) -> dict:
+    """The paper's unconstrained DM generation on ``eval.max_dm_generation`` of the validation turns (0 = all; a
+    seeded sample, drawn as ``evaluate`` draws its own from the test turns): parse rate, accuracy and micro-F1 of the
+    actions it names."""
+    e = params["eval"]
+    turns = cap(valid, e["max_dm_generation"] or None, params["seed"])
+    start = time.perf_counter()
+    outputs = lm.generate(turns["prompt"].tolist(), max_new_tokens=e["max_new_tokens_dm"],
+                          batch_size=e["generation_batch"], max_prompt_length=params["lengths"]["prompt"])
+    m = dialogue_management_metrics([parse_actions(o, ACTIONS) for o in outputs], [list(a) for a in turns["actions"]],
+                                    ACTIONS)
+    log.info("free DM generation on %d validation turns in %.1f s: names an action in %.3f (accuracy %.3f, "
+             "micro-F1 %.3f)", m["n"], time.perf_counter() - start, m["parse_rate"], m["accuracy"], m["micro_f1"])
+    return {"parse_rate": m["parse_rate"], "accuracy": m["accuracy"], "micro_f1": m["micro_f1"], "n": m["n"]}
 
 
 if __name__ == "__main__":

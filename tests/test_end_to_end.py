@@ -68,6 +68,8 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     assert sweep.prior.tolist() == ["shares"] * len(v["weights"]) + ["head"] * len(v["weights"]) * len(v["head_l2"])
     assert (redial["dm.weight"], redial["dm.prior"]) == (validation["weight"], validation["prior"])
     assert validation["accuracy"] == sweep.accuracy.max()
+    free = json.loads((repo / "metrics/dm_validation_generation.json").read_text())  # the paper's DM, on validation
+    assert free["n"] == min(params["eval"]["max_dm_generation"], validation["n"]) and 0 <= free["parse_rate"] <= 1
     saved = json.loads((repo / "data/eval/inspired/recommender.json").read_text())["settings"]
     assert saved["dm_weight"] == validation["weight"] and bool(saved["dm_head"]) == (validation["prior"] == "head")
     assert (repo / "metrics/summary.md").read_text().startswith("# reficr evaluation summary")
