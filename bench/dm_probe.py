@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.data.common import hash_fraction  # noqa: E402
 from pipeline.instructions import ACTIONS  # noqa: E402
-from pipeline.metrics import dialogue_management_metrics, majority_action_set, parse_actions  # noqa: E402
+from pipeline.metrics import dialogue_management_metrics, majority_action_set  # noqa: E402
 from pipeline.model import RetrievableLM  # noqa: E402
 from pipeline.objectives import FinetuneObjective, GenerationTask  # noqa: E402
-from pipeline.dm_policy import SHARES, dm_sweep, fit_choices  # noqa: E402
+from pipeline.dm_policy import SHARES, dm_sweep, fit_choices, free_generation  # noqa: E402
 from pipeline.recommender import ReFICR, dm_evidence  # noqa: E402
 from pipeline.settings import Lengths, RecommenderSettings  # noqa: E402
 from pipeline.training import TrainConfig, TrainLoop  # noqa: E402
@@ -86,8 +86,7 @@ def main() -> None:
 
     def score(step: int) -> list[dict]:
         start = time.perf_counter()
-        outputs = reficr.generate(heldout.prompt.tolist(), settings.max_new_tokens_dm)
-        free = dialogue_management_metrics([parse_actions(o, ACTIONS) for o in outputs], gold, ACTIONS)
+        free, _ = free_generation(lambda prompts: reficr.generate(prompts, settings.max_new_tokens_dm), heldout)
         evidence = dm_evidence(lm, heldout.prompt.tolist(), choices, ln["prompt"])
         sweep = dm_sweep(evidence, choices, [(SHARES, None, np.asarray(prior))], gold,
                          params["eval"]["dm_validation"]["weights"])

@@ -154,7 +154,8 @@ def main() -> None:
             "loop_rate": round(float(np.mean([has_loop(r) for r in replies])), 3),
             "fallback_rate": round(float(np.mean([r.fallback for r in read])), 3),
             "appended_rate": round(float(np.mean([r.appended for r in read])), 3),
-            "examples_of_replies": replies[:3], "examples_read": [r.text for r in read[:3]], "seconds": round(time.perf_counter() - start, 1),
+            "examples_of_replies": replies[:3], "examples_read": [r.text for r in read[:3]],
+            "seconds": round(time.perf_counter() - start, 1),
         }
         curve.append(row)
         print(json.dumps(row), flush=True)

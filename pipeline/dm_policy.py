@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from pipeline import templates
 from pipeline.data.common import hash_fraction
 from pipeline.errors import DataError, ParamError
 from pipeline.instructions import ACTIONS, cap
-from pipeline.metrics import dialogue_management_metrics, majority_action_set
+from pipeline.metrics import dialogue_management_metrics, majority_action_set, parse_actions
 
 # dialogue management chooses among the action sequences of at least this share of the training turns
 DM_CHOICE_MIN_SHARE = 0.01
@@ -81,6 +81,16 @@ def dm_decide(evidence: np.ndarray, log_prior: Sequence[float] | np.ndarray, wei
                          f"{evidence.shape[1]} choices; expected one log share per choice (dm_log_prior of the same "
                          "dm_choices) or one row per turn (DMHead.log_prior)")
     return np.argmax(weight * evidence + (prior if prior.ndim == 2 else prior[None, :]), axis=1)
+
+
+def free_generation(generate: Callable[[list[str]], list[str]],
+                    turns: pd.DataFrame) -> tuple[dict[str, float], list[str]]:
+    """The paper's unconstrained dialogue management on ``turns`` (built DM prompts and gold actions): ``generate``
+    writes an output per prompt, and the actions it names (``<a>...</a>``) are scored against the turn's: (parse
+    rate, accuracy, micro-F1 and n; the outputs). ``evaluate`` runs it on test turns, ``validate_dm`` on its own."""
+    outputs = generate(turns["prompt"].tolist())
+    parsed = [parse_actions(o, ACTIONS) for o in outputs]
+    return dialogue_management_metrics(parsed, [list(a) for a in turns["actions"]], ACTIONS), outputs
 
 
 def validation_split(dm_train: pd.DataFrame, fraction: float, limit: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

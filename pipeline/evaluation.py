@@ -24,10 +24,10 @@ import pandas as pd
 from pipeline import schemas, templates
 from pipeline.baselines import BM25Retriever, context_echo, log_counts, popularity_ranking, training_gold
 from pipeline.data.items import item_titles
-from pipeline.dm_policy import HEAD, SHARES
+from pipeline.dm_policy import HEAD, SHARES, free_generation
 from pipeline.instructions import ACTIONS, cap
 from pipeline.metrics import (Instance, bootstrap_ci, dedup, dialogue_management_metrics, distinct_n, majority_action_set,
-                              paired_difference, parse_actions, perplexity, recommendation_metrics)
+                              paired_difference, perplexity, recommendation_metrics)
 from pipeline.model import RetrievableLM
 from pipeline.catalogue import PriorChoice, prior_sweep
 from pipeline.ranking import ParsedRanking, parse_statistics, random_ranking
@@ -354,9 +354,8 @@ def dialogue_management(run: EvalRun) -> tuple[dict[str, float], pd.DataFrame]:
                     "paired.dm-majority.accuracy.n": len(diffs)})
     free = cap(dm, s.max_dm_generation or None, s.seed)
     with run.timer("dialogue management, free generation"):
-        outputs = run.reficr.generate(free.prompt.tolist(), run.reficr.settings.max_new_tokens_dm)
-    parsed = [parse_actions(o, ACTIONS) for o in outputs]
-    unconstrained = dialogue_management_metrics(parsed, [list(a) for a in free.actions], ACTIONS)
+        unconstrained, outputs = free_generation(
+            lambda prompts: run.reficr.generate(prompts, run.reficr.settings.max_new_tokens_dm), free)
     metrics.update({f"dm.free_generation.{k}": v for k, v in unconstrained.items()})
     free_output = dict(zip(free.instance_id, outputs))
     return metrics, pd.DataFrame({"instance_id": dm.instance_id, "dialogue_id": dm.dialogue_id,

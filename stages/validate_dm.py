@@ -25,10 +25,10 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from pipeline.dm_policy import HEAD, SHARES, DMHead, DMValidation, dm_sweep, fit_choices, validation_split
-from pipeline.instructions import ACTIONS, cap
+from pipeline.dm_policy import (HEAD, SHARES, DMHead, DMValidation, dm_sweep, fit_choices, free_generation,
+                                validation_split)
+from pipeline.instructions import cap
 from pipeline.io import atomic_path, write_json
-from pipeline.metrics import dialogue_management_metrics, parse_actions
 from pipeline.model import RetrievableLM
 from pipeline.recommender import dm_evidence
 from stages._common import ROOT, load_params, setup_logging, user_errors
@@ -65,24 +65,23 @@ def main() -> None:
     log.info("prior %s (L2 %s), weight %s: validation accuracy %.3f, micro-F1 %.3f (majority %.3f / %.3f, n %d)",
              chosen.prior, chosen.l2, chosen.weight, chosen.accuracy, chosen.micro_f1, chosen.majority_accuracy,
              chosen.majority_micro_f1, chosen.n)
-    free = free_generation(lm, valid, params)
+    free = free_dm_check(lm, valid, params)
     with atomic_path(ROOT / SWEEP) as tmp:
         sweep.to_csv(tmp, index=False)
     write_json(ROOT / CHOICE, asdict(chosen))
     write_json(ROOT / GENERATION, free)
 
 
-def free_generation(lm: RetrievableLM, valid: pd.DataFrame, params: dict) -> dict:
+def free_dm_check(lm: RetrievableLM, valid: pd.DataFrame, params: dict) -> dict:
     """The paper's unconstrained DM generation on ``eval.max_dm_generation`` of the validation turns (0 = all; a
     seeded sample, drawn as ``evaluate`` draws its own from the test turns): parse rate, accuracy and micro-F1 of the
     actions it names."""
     e = params["eval"]
     turns = cap(valid, e["max_dm_generation"] or None, params["seed"])
     start = time.perf_counter()
-    outputs = lm.generate(turns["prompt"].tolist(), max_new_tokens=e["max_new_tokens_dm"],
-                          batch_size=e["generation_batch"], max_prompt_length=params["lengths"]["prompt"])
-    m = dialogue_management_metrics([parse_actions(o, ACTIONS) for o in outputs], [list(a) for a in turns["actions"]],
-                                    ACTIONS)
+    m, _ = free_generation(lambda prompts: lm.generate(prompts, max_new_tokens=e["max_new_tokens_dm"],
+                                                       batch_size=e["generation_batch"],
+                                                       max_prompt_length=params["lengths"]["prompt"]), turns)
     log.info("free DM generation on %d validation turns in %.1f s: names an action in %.3f (accuracy %.3f, "
              "micro-F1 %.3f)", m["n"], time.perf_counter() - start, m["parse_rate"], m["accuracy"], m["micro_f1"])
     return {"parse_rate": m["parse_rate"], "accuracy": m["accuracy"], "micro_f1": m["micro_f1"], "n": m["n"]}

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import templates
 from pipeline.dm_policy import (HEAD, SHARES, DMHead, DMValidation, best_setting, dm_choices, dm_context, dm_decide,
-                                dm_features, dm_log_prior, dm_sweep, validation_split)
+                                dm_features, dm_log_prior, dm_sweep, free_generation, validation_split)
 from pipeline.errors import DataError, ParamError
 
 
@@ -162,3 +162,13 @@ def test_finetune_trains_dialogue_management_on_no_validation_dialogue():
     trained = dm_training_turns(params, frame(rows))
     _, valid = validation_split(frame(rows), 0.2, 0, seed=3)  # validate_dm's whole held-out set, before its cap
     assert len(trained) == 60 - 12 and not set(trained.dialogue_id) & set(valid.dialogue_id)
+
+
+def test_free_generation_scores_the_actions_each_output_names():
+    turns = pd.DataFrame({"prompt": ["p1", "p2", "p3"], "actions": [["Recommend"], ["Chat"], ["Explain", "Recommend"]]})
+    outputs = {"p1": "<a>Recommend</a> because they said so", "p2": "no tags at all", "p3": "<a>Explain</a>"}
+    metrics, written = free_generation(lambda prompts: [outputs[p] for p in prompts], turns)
+    assert written == [outputs["p1"], outputs["p2"], outputs["p3"]]
+    # by hand: parsed [Recommend], none, [Explain]; one exact set of 3; tp 2 (Recommend, Explain), fp 0, fn 2 (Chat,
+    # the third turn's Recommend): precision 1, recall 0.5, micro-F1 2/3; two of three outputs name an action
+    assert metrics == pytest.approx({"accuracy": 1 / 3, "micro_f1": 2 / 3, "parse_rate": 2 / 3, "n": 3})
