@@ -312,9 +312,9 @@ def response_metrics(run: EvalRun, ranked_with_knowledge: dict[str, list[str]]) 
 
 
 def grounding_metrics(replies: list[Reply], allowed: list[list[str]], contexts: list[str], catalogue: Catalogue) -> dict[str, float]:
-    """Share of replies naming an item outside the turn's recommended items, with a loop, copying the seeker:
-    ``response.raw.*`` for the model's generation, ``response.reply.*`` for what a person reads
-    (``pipeline.grounding``), how many replies fell back to the fixed sentence and how many had it added."""
+    """Share of replies naming an item outside the turn's recommended items, with a loop, copying the seeker, echoing
+    the prompt's instructions: ``response.raw.*`` for the model's generation, ``response.reply.*`` for what a person
+    reads (``pipeline.grounding``), how many replies fell back to the fixed sentence and how many had it added."""
     out: dict[str, float] = {}
     for variant in ("raw", "reply"):
         checks = [check_reply(r.raw if variant == "raw" else r.text, a, c, catalogue) for r, a, c in zip(replies, allowed, contexts)]
@@ -322,6 +322,7 @@ def grounding_metrics(replies: list[Reply], allowed: list[list[str]], contexts: 
         out[f"response.{variant}.outside_items_rate"] = sum(bool(c.outside_items) for c in checks) / n
         out[f"response.{variant}.loop_rate"] = sum(c.loop for c in checks) / n
         out[f"response.{variant}.copy_rate"] = sum(c.copied for c in checks) / n
+        out[f"response.{variant}.echo_rate"] = sum(c.echo for c in checks) / n
     out["response.reply.fallback_rate"] = sum(r.fallback for r in replies) / max(len(replies), 1)
     out["response.reply.items_appended_rate"] = sum(r.appended for r in replies) / max(len(replies), 1)
     return out

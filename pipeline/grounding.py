@@ -5,34 +5,45 @@ loop (``<item>The <item>The ...``, a line over and over), copy the seeker's own 
 conversation's next turn. ``ground_reply`` makes the reply a person sees:
 
 1. it stops where the model starts another speaker's turn (``Seeker:``, ``<|user|>``, ...) and drops role
-   markers it opens with;
+   markers it opens with; a last sentence that ends inside a title (the token limit cut "<item>The Ma" or
+   "The Matrix (199") goes, and so does a sentence that echoes the prompt's instructions (``ECHO_WORDS`` words in a
+   row of a generation template: "You are an intelligent conversational recommender system.");
 2. loops are cut: a span of 3+ characters repeated 3+ times in a row is kept once, so is a word said twice in a
    row; a line said before (or the start of one) is dropped, and the text ends before the second occurrence of a
    repeated 5-word sequence;
 3. a span of ``COPY_WORDS``+ words that a seeker utterance of the context also has is removed; rules 2 and 3
    read a named title as one word (``TitleMask``: "La La Land" is not a loop, nor a title the seeker also
    named a copy);
-4. items: a title the reply names (``<item>...</item>``, or a catalogue title with its year written out) that is
-   not one of the turn's recommended items is replaced by a recommended one it does not name yet, else removed;
-   unmatched ``<item>`` tags are removed;
+4. items: a title the reply names (``<item>...</item>``, or a catalogue title with a year written out: its own or
+   another, "The Matrix (2017)") that is not one of the turn's recommended items is replaced by a recommended one
+   it does not name yet, else removed; a recommended item written with another year gets its own; unmatched
+   ``<item>`` tags are removed;
 5. what is left with no word of 2+ letters becomes a fixed, counted fallback: the recommended items in one
    sentence, or (without items) a question about what the seeker likes; a reply that names none of the turn's
    recommended items gets that sentence added (counted too): a turn that recommends says what.
 
 ``check_reply`` measures the same faults (evaluation reports them for the raw generation and the cleaned reply).
 Catalogue titles are matched only where they carry a year, e.g. "Up (2009)": short bare titles ("It", "Up")
-would match ordinary words.
+would match ordinary words; before a year the catalogue does not give them, only where they are capitalized.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+
+from pipeline import templates
 
 ITEM_TAG = re.compile(r"<item>((?:(?!</?item>).)*?)</item>", re.DOTALL)  # a tag pair, nothing nested
 STRAY_TAG = re.compile(r"</?item>")
 YEAR_TITLE = re.compile(r"\(\d{4}\)\s*$")
+YEAR = re.compile(r"\((\d{4})\)")
+# a reply cut by the token limit inside a title: an <item> tag never closed, or a year never finished ("(199")
+UNFINISHED_TITLE = re.compile(r"(<item>(?:(?!</?item>).)*|\(\d{0,4})\s*$", re.DOTALL)
+SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
+SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")  # not a "?" inside a quote: 'the question "What is best?" is'
 # another speaker's turn starting inside the reply: "Seeker:", "User:", chat-template and bracketed role markers
 NEXT_TURN = re.compile(r"(?im)(^|\s)(seeker|user|human)\s*:|<\|?(user|seeker|im_start|im_end|endoftext)\|?>")
 ROLE_MARKER = re.compile(r"(?i)^(\s*(<\|?\s*(recommender|assistant|system)\s*\|?>|\[(recommender|assistant)\]|(recommender|assistant)\s*:))+")
@@ -44,6 +55,8 @@ PLACEHOLDER = re.compile("\ue000title[a-z]+\ue001")
 PLACEHOLDER_PART = re.compile("\ue000[a-z]*\ue001?|\ue001")
 LOOP_NGRAM = 5
 COPY_WORDS = 6
+ECHO_WORDS = 4  # a sentence with this many words in a row from an instruction template echoes the prompt
+NAME_WORDS = 12  # the longest title name looked for before a year the catalogue does not give it
 WORD = re.compile(r"[A-Za-z]{2,}")
 FALLBACK_WITH_ITEMS = "You might like {items}."
 FALLBACK_WITHOUT_ITEMS = "Could you tell me a bit more about what you would like to watch?"
@@ -64,22 +77,26 @@ class ReplyCheck:
     outside_items: tuple[str, ...]  # titles named that are not among the turn's recommended items
     loop: bool  # a repeated span, line or 5-word sequence
     copied: bool  # a span of COPY_WORDS+ words a seeker utterance also has
+    echo: bool = False  # a sentence with ECHO_WORDS+ words in a row of an instruction template
 
 
-CLEAN = ReplyCheck((), False, False)
+CLEAN = ReplyCheck((), False, False, False)
 
 
 class Catalogue:
     """Item titles for finding the ones a reply names: tagged ``<item>`` mentions, and catalogue titles with a year
-    written out without tags."""
+    written out without tags, the catalogue's year or another one ("The Matrix (2017)" names The Matrix (1999))."""
 
     def __init__(self, titles):
         self.with_year = sorted({t for t in titles if YEAR_TITLE.search(t)}, key=len, reverse=True)
         self.lower = [t.lower() for t in self.with_year]
+        self.by_name: dict[str, list[str]] = {}  # a title without its year (normalized) -> the catalogue's titles
+        for title in self.with_year:
+            self.by_name.setdefault(without_year(title), []).append(title)
 
     def untagged(self, text: str) -> list[tuple[int, int, str]]:
-        """(start, end, title) of catalogue titles written with their year outside ``<item>`` tags, longest first,
-        not overlapping."""
+        """(start, end, title) of catalogue titles written with a year outside ``<item>`` tags, not overlapping:
+        with the catalogue's year (longest first), then a catalogue title's name before another year."""
         plain = ITEM_TAG.sub(lambda m: " " * len(m.group(0)), text).lower()
         if "(" not in plain:
             return []
@@ -93,7 +110,22 @@ class Catalogue:
                     found.append((start, end, title))
                     taken.append((start, end))
                 start = plain.find(low, start + 1)
+        for year in YEAR.finditer(plain):
+            if not any(s < year.end() and year.start() < e for s, e in taken):
+                named = self._name_before(text, plain, year.start(), int(year.group(1)))
+                if named and not any(s < year.end() and named[0] < e for s, e in taken):
+                    found.append((named[0], year.end(), named[1]))
         return sorted(found)
+
+    def _name_before(self, text: str, plain: str, at: int, year: int) -> tuple[int, str] | None:
+        """(start, catalogue title) of the longest catalogue title name written right before ``at`` (a year in
+        brackets that is not the title's own), capitalized as a title is; the title of the nearest year."""
+        starts = [m.start() for m in re.finditer(r"[\w']+", plain[:at])][-NAME_WORDS:]
+        for start in starts:  # the earliest start first: the longest name
+            titles = self.by_name.get(normalize(plain[start:at]))
+            if titles and (text[start].isupper() or text[start].isdigit()):
+                return start, min(titles, key=lambda t: (abs(int(YEAR.search(t).group(1)) - year), t))
+        return None
 
 
 def _is_allowed(title: str, allowed: list[str]) -> str | None:
@@ -131,6 +163,41 @@ def copied_span(reply: str, seeker: list[str]) -> tuple[int, int] | None:
     if best is None:
         return None
     return words[best.a][1], words[best.a + best.size - 1][2]
+
+
+def _instruction_ngrams() -> frozenset[tuple[str, ...]]:
+    """Every ECHO_WORDS-word sequence of the generation templates' own words (not across their slots)."""
+    grams = set()
+    for template in (templates.RESPONSE, templates.RANKING, templates.DIALOGUE_MANAGEMENT):
+        for literal, _, _, _ in string.Formatter().parse(template):
+            words = [w for w, _, _ in _words(literal)]
+            grams.update(tuple(words[i: i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1))
+    return frozenset(grams)
+
+
+INSTRUCTION_NGRAMS = _instruction_ngrams()
+
+
+def echoes_prompt(sentence: str) -> bool:
+    """Whether ``sentence`` has ECHO_WORDS words in a row of an instruction ("You are an intelligent
+    conversational recommender system." echoes "Act as an intelligent conversational recommender system.")."""
+    words = [w for w, _, _ in _words(sentence)]
+    return any(tuple(words[i: i + ECHO_WORDS]) in INSTRUCTION_NGRAMS for i in range(len(words) - ECHO_WORDS + 1))
+
+
+def drop_echo(text: str) -> str:
+    """``text`` without its sentences that echo the prompt's instructions."""
+    return "".join(s for s in SENTENCE.findall(text) if not echoes_prompt(s))
+
+
+def cut_unfinished_title(text: str) -> str:
+    """``text`` without its last sentence where that ends inside a title (the token limit cut "<item>The Ma" or
+    "The Matrix (199"): what is left of the title would read as a word or a different film."""
+    m = UNFINISHED_TITLE.search(text)
+    if m is None or YEAR_TITLE.search(m.group(0)):
+        return text
+    ends = [b.end() for b in SENTENCE_END.finditer(text, 0, m.start())]
+    return text[: ends[-1] if ends else 0]
 
 
 def _repeated_ngram_start(text: str) -> int | None:
@@ -209,7 +276,8 @@ def check_reply(reply: str, allowed: list[str], context: str, catalogue: Catalog
     mask = TitleMask(catalogue)
     masked = mask.protect(reply)
     seeker = [mask.protect(u) for u in seeker_utterances(context)]
-    return ReplyCheck(outside, has_loop(masked), copied_span(masked, seeker) is not None)
+    echo = any(echoes_prompt(s) for s in SENTENCE.findall(reply))
+    return ReplyCheck(outside, has_loop(masked), copied_span(masked, seeker) is not None, echo)
 
 
 def _tidy(text: str) -> str:
@@ -235,14 +303,16 @@ def _ground_items(text: str, allowed: list[str], catalogue: Catalogue) -> str:
     spare = [a for a in allowed if a not in named]
 
     def replace(title: str) -> str:
-        if _is_allowed(title, allowed) is not None:
-            return f"<item>{title}</item>"
+        if (a := _is_allowed(title, allowed)) is not None:  # written with a year: the recommended item's own
+            return f"<item>{a if YEAR_TITLE.search(title) else title}</item>"
         return f"<item>{spare.pop(0)}</item>" if spare else ""
 
     text = ITEM_TAG.sub(lambda m: replace(m.group(1).strip()), text)
     for start, end, title in reversed(catalogue.untagged(text)):
-        if _is_allowed(title, allowed) is None:
+        if (a := _is_allowed(title, allowed)) is None:
             text = text[:start] + (f"<item>{spare.pop(0)}</item>" if spare else "") + text[end:]
+        elif normalize(text[start:end]) != normalize(a):  # another year ("The Matrix (2017)"): the item's own
+            text = text[:start] + a + text[end:]
     return text
 
 
@@ -265,7 +335,7 @@ class Reply:
 
 def _clean(text: str, allowed: list[str], seeker: list[str], catalogue: Catalogue) -> str:
     mask = TitleMask(catalogue)
-    text = cut_loops(mask.protect(strip_stray_tags(text)))
+    text = cut_loops(mask.protect(strip_stray_tags(drop_echo(text))))
     seeker = [mask.protect(u) for u in seeker]
     span = copied_span(text, seeker)
     while span is not None:  # the copied words go, with the punctuation that closed them
@@ -280,7 +350,7 @@ def _clean(text: str, allowed: list[str], seeker: list[str], catalogue: Catalogu
 def ground_reply(raw: str, allowed: list[str], context: str, catalogue: Catalogue) -> Reply:
     """The reply a person reads for ``raw`` (see the module docstring); ``allowed``: the turn's recommended titles."""
     turn = NEXT_TURN.search(raw)
-    text = ROLE_MARKER.sub("", raw[: turn.start()] if turn else raw)
+    text = cut_unfinished_title(ROLE_MARKER.sub("", raw[: turn.start()] if turn else raw))
     seeker = seeker_utterances(context)
     for _ in range(5):  # each pass can only shorten the text or swap a title; a second pass is rarely needed
         cleaned = _clean(text, allowed, seeker, catalogue)

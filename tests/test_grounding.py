@@ -12,7 +12,7 @@ from pipeline.grounding import (FALLBACK_WITHOUT_ITEMS, Catalogue, Reply, check_
                                 seeker_utterances)
 
 CATALOGUE = Catalogue(["The Hangover (2009)", "Superbad (2007)", "Step Brothers (2008)", "Godzilla (2014)",
-                       "Die Hard (1988)", "It (2017)", "Up (2009)"])
+                       "Godzilla (1998)", "Die Hard (1988)", "It (2017)", "Up (2009)"])
 ALLOWED = ["Superbad (2007)", "Step Brothers (2008)"]
 CONTEXT = ("Seeker: Hi! I'm looking for a funny movie to watch tonight. I loved The Hangover (2009).\n"
            "Recommender: What else do you like?\nSeeker: Anything with Will Ferrell.")
@@ -49,7 +49,7 @@ def test_tagged_items_outside_the_list_become_unnamed_recommended_items_or_go():
 
 
 @pytest.mark.parametrize("raw, expected", [
-    ("<item>The <item>The <item>The <item>The <item>The", "The"),
+    ("<item>The <item>The <item>The <item>The <item>The", FALLBACK_WITHOUT_ITEMS),  # a title cut off: nothing left
     ("ChatChatChatChatChatChatChat", "Chat"),
     ("I think you would like it. I think you would like it a lot.", "I think you would like it."),
     ("What a great pick\nWhat a great pick\nWhat a great pi", "What a great pick"),
@@ -75,7 +75,8 @@ def test_a_clean_reply_is_left_as_it_is():
 
 
 pieces = st.sampled_from(["<item>", "</item>", "The Hangover (2009)", "Superbad (2007)", "Die Hard (1988)", "Seeker:",
-                          "I loved The Hangover (2009).", "Anything with Will Ferrell.", "\n", " ", "the", "Chat", "!"])
+                          "I loved The Hangover (2009).", "Anything with Will Ferrell.", "\n", " ", "the", "Chat", "!",
+                          "Superbad (2017)", "Die Hard (19", "(", "2009)", "You are an intelligent conversational recommender system."])
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
@@ -84,7 +85,7 @@ def test_any_reply_comes_out_grounded(parts, allowed):
     """Whatever the model writes, the reply names only recommended items, has no loop and copies no seeker words."""
     reply = ground_reply("".join(parts), allowed, CONTEXT, CATALOGUE)
     check = check_reply(reply.text, allowed, CONTEXT, CATALOGUE)
-    assert not check.outside_items and not check.loop and not check.copied, (reply, check)
+    assert not check.outside_items and not check.loop and not check.copied and not check.echo, (reply, check)
     assert not reply.unclean, reply  # cleaning itself got there, not the safety net's fallback
     assert reply.text.strip()
 
@@ -117,3 +118,53 @@ def test_naming_a_long_title_the_seeker_named_is_no_copy_but_their_sentence_arou
     copy = f"I loved <item>{POTTER}</item> so much, what else is like it? Try <item>Up (2009)</item>."
     assert check_reply(copy, ["Up (2009)"], context, TITLES).copied
     assert ground_reply(copy, ["Up (2009)"], context, TITLES).text == "Try <item>Up (2009)</item>."
+
+
+def test_a_title_written_with_another_year_is_still_that_title():
+    # "The Matrix (2017)" names The Matrix: outside the list it is replaced; a recommended one gets its own year
+    assert check_reply("Die Hard (2017) is fun.", ALLOWED, CONTEXT, CATALOGUE).outside_items == ("Die Hard (1988)",)
+    assert ground("Die Hard (2017) is fun.") == "<item>Superbad (2007)</item> is fun."
+    assert ground("Superbad (2017) and <item>Step Brothers (2011)</item> are fun.") == \
+        "Superbad (2007) and <item>Step Brothers (2008)</item> are fun."
+    # a remake: the catalogue's other year of a recommended item is the recommended one
+    assert ground("Watch Godzilla (1998)!", ["Godzilla (2014)"]) == "Watch Godzilla (2014)!"
+    # the nearest year where a name has several; a bare word before a year only when capitalized
+    assert CATALOGUE.untagged("Godzilla (2000)") == [(0, 15, "Godzilla (1998)")]
+    assert CATALOGUE.untagged("it came out in (2017), up (2010)") == []
+
+
+def test_a_title_cut_by_the_token_limit_takes_its_sentence_with_it():
+    assert ground("Great taste! You will love <item>Superbad (2007)</item> and <item>Step Bro", []) == "Great taste!"
+    assert ground("Great taste! You will love The Hangover (20", []) == "Great taste!"
+    # the sentence, not a question quoted in it
+    assert ground('Hi.\nThe answer to "What is the best movie?" is <item>Step Bro', []) == "Hi."
+    # a title complete but for its closing tag is kept
+    assert ground("Great taste! You will love <item>Superbad (2007)") == "Great taste! You will love Superbad (2007)"
+    reply = ground_reply("You will love <item>Superbad (20", ALLOWED, CONTEXT, CATALOGUE)
+    assert reply.fallback and reply.text == "You might like <item>Superbad (2007)</item> or <item>Step Brothers (2008)</item>."
+
+
+def test_a_sentence_echoing_the_instructions_goes():
+    raw = "You are an intelligent conversational recommender system. How about <item>Superbad (2007)</item>?"
+    assert check_reply(raw, ALLOWED, CONTEXT, CATALOGUE).echo
+    assert ground(raw) == "How about <item>Superbad (2007)</item>?"
+    # four words in a row of a template echo it; three do not
+    assert check_reply("Seamlessly incorporate the recommended items.", [], CONTEXT, CATALOGUE).echo
+    assert not check_reply("These are the recommended items for you.", [], CONTEXT, CATALOGUE).echo
+
+
+def test_grounding_metrics_count_each_fault_before_and_after_grounding():
+    from pipeline.evaluation import grounding_metrics
+
+    raws = ["You are an intelligent conversational recommender system. Try <item>Superbad (2007)</item>.",
+            "Die Hard (2017) is fun to watch. Die Hard (2017) is fun to watch.",
+            "You will love <item>Step Bro"]
+    replies = [ground_reply(r, ALLOWED, CONTEXT, CATALOGUE) for r in raws]
+    m = grounding_metrics(replies, [ALLOWED] * 3, [CONTEXT] * 3, CATALOGUE)
+    # by hand: the echo in reply 1; the other-year title outside the list and the loop in reply 2; reply 3 is cut to
+    # nothing and falls back; reply 2 keeps "... is fun to watch." naming Superbad, so none has the items appended
+    assert (m["response.raw.echo_rate"], m["response.raw.outside_items_rate"], m["response.raw.loop_rate"]) == (1 / 3, 1 / 3, 1 / 3)
+    assert all(m[f"response.reply.{k}_rate"] == 0 for k in ("echo", "outside_items", "loop", "copy"))
+    assert (m["response.reply.fallback_rate"], m["response.reply.items_appended_rate"]) == (1 / 3, 0)
+    assert [r.text for r in replies] == ["Try <item>Superbad (2007)</item>.", "<item>Superbad (2007)</item> is fun to watch.",
+                                         "You might like <item>Superbad (2007)</item> or <item>Step Brothers (2008)</item>."]
