@@ -43,7 +43,10 @@ YEAR = re.compile(r"\((\d{4})\)")
 # a reply cut by the token limit inside a title: an <item> tag never closed, or a year never finished ("(199")
 UNFINISHED_TITLE = re.compile(r"(<item>(?:(?!</?item>).)*|\(\d{0,4})\s*$", re.DOTALL)
 SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
-SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")  # not a "?" inside a quote: 'the question "What is best?" is'
+SENTENCE_END = re.compile(r"[.!?](?=\s|[A-Z])|\n")  # not a "?" inside a quote: 'the question "What is best?" is'
+# what may come right before a title's name written with a year it does not have (see Catalogue._name_before)
+NAME_AFTER = re.compile(r"((^|\n)\s*[-*]?\s*|[.!?,;\"\u201c\u2018]\s*|\b[a-z][\w']*\s+)$")
+PARTIAL_TAG_END = re.compile(r"</?[a-z]{0,4}\s*$")  # "<ite", "</item" where the token limit cut a tag
 # another speaker's turn starting inside the reply: "Seeker:", "User:", chat-template and bracketed role markers
 NEXT_TURN = re.compile(r"(?im)(^|\s)(seeker|user|human)\s*:|<\|?(user|seeker|im_start|im_end|endoftext)\|?>")
 ROLE_MARKER = re.compile(r"(?i)^(\s*(<\|?\s*(recommender|assistant|system)\s*\|?>|\[(recommender|assistant)\]|(recommender|assistant)\s*:))+")
@@ -55,11 +58,16 @@ PLACEHOLDER = re.compile("\ue000title[a-z]+\ue001")
 PLACEHOLDER_PART = re.compile("\ue000[a-z]*\ue001?|\ue001")
 LOOP_NGRAM = 5
 COPY_WORDS = 6
-ECHO_WORDS = 4  # a sentence with this many words in a row from an instruction template echoes the prompt
+ECHO_WORDS = 5  # a sentence with this many words in a row from an instruction template echoes the prompt
 NAME_WORDS = 12  # the longest title name looked for before a year the catalogue does not give it
 WORD = re.compile(r"[A-Za-z]{2,}")
 FALLBACK_WITH_ITEMS = "You might like {items}."
 FALLBACK_WITHOUT_ITEMS = "Could you tell me a bit more about what you would like to watch?"
+
+
+def _lower(text: str) -> str:
+    """``text.lower()`` with the offsets kept (a character whose lower case is longer, "İ", stays as it is)."""
+    return "".join(c if len(low := c.lower()) != 1 else low for c in text)
 
 
 def normalize(title: str) -> str:
@@ -97,7 +105,7 @@ class Catalogue:
     def untagged(self, text: str) -> list[tuple[int, int, str]]:
         """(start, end, title) of catalogue titles written with a year outside ``<item>`` tags, not overlapping:
         with the catalogue's year (longest first), then a catalogue title's name before another year."""
-        plain = ITEM_TAG.sub(lambda m: " " * len(m.group(0)), text).lower()
+        plain = _lower(ITEM_TAG.sub(lambda m: " " * len(m.group(0)), text))
         if "(" not in plain:
             return []
         found, taken = [], []
@@ -119,11 +127,15 @@ class Catalogue:
 
     def _name_before(self, text: str, plain: str, at: int, year: int) -> tuple[int, str] | None:
         """(start, catalogue title) of the longest catalogue title name written right before ``at`` (a year in
-        brackets that is not the title's own), capitalized as a title is; the title of the nearest year."""
+        brackets that is not the title's own), capitalized as a title is, with no tag inside, and not the end of a
+        longer name: what comes before it is the text's start, a line, a sentence's or clause's end or a lowercase
+        word ("Shin Godzilla (2016)", "Spider-Man: Homecoming (2017)" are not Godzilla or Homecoming); the title of
+        the nearest year."""
         starts = [m.start() for m in re.finditer(r"[\w']+", plain[:at])][-NAME_WORDS:]
         for start in starts:  # the earliest start first: the longest name
             titles = self.by_name.get(normalize(plain[start:at]))
-            if titles and (text[start].isupper() or text[start].isdigit()):
+            if titles and (text[start].isupper() or text[start].isdigit()) and "<" not in text[start:at] \
+                    and NAME_AFTER.search(text[:start]):
                 return start, min(titles, key=lambda t: (abs(int(YEAR.search(t).group(1)) - year), t))
         return None
 
@@ -190,13 +202,16 @@ def drop_echo(text: str) -> str:
     return "".join(s for s in SENTENCE.findall(text) if not echoes_prompt(s))
 
 
-def cut_unfinished_title(text: str) -> str:
+def cut_unfinished_title(text: str, catalogue: Catalogue) -> str:
     """``text`` without its last sentence where that ends inside a title (the token limit cut "<item>The Ma" or
-    "The Matrix (199"): what is left of the title would read as a word or a different film."""
+    "The Matrix (199"): what is left of the title would read as a word or a different film. A full stop inside a
+    title ("Mr. Smith Goes to Washington (1939)") ends no sentence; a tag cut after a whole title just goes."""
+    text = PARTIAL_TAG_END.sub("", text)
     m = UNFINISHED_TITLE.search(text)
     if m is None or YEAR_TITLE.search(m.group(0)):
         return text
-    ends = [b.end() for b in SENTENCE_END.finditer(text, 0, m.start())]
+    titles = [(t.start(), t.end()) for t in ITEM_TAG.finditer(text)] + [(a, b) for a, b, _ in catalogue.untagged(text)]
+    ends = [e.end() for e in SENTENCE_END.finditer(text, 0, m.start()) if not any(a <= e.start() < b for a, b in titles)]
     return text[: ends[-1] if ends else 0]
 
 
@@ -276,7 +291,7 @@ def check_reply(reply: str, allowed: list[str], context: str, catalogue: Catalog
     mask = TitleMask(catalogue)
     masked = mask.protect(reply)
     seeker = [mask.protect(u) for u in seeker_utterances(context)]
-    echo = any(echoes_prompt(s) for s in SENTENCE.findall(reply))
+    echo = any(echoes_prompt(s) for s in SENTENCE.findall(masked))  # a title's full stop ends no sentence
     return ReplyCheck(outside, has_loop(masked), copied_span(masked, seeker) is not None, echo)
 
 
@@ -335,7 +350,7 @@ class Reply:
 
 def _clean(text: str, allowed: list[str], seeker: list[str], catalogue: Catalogue) -> str:
     mask = TitleMask(catalogue)
-    text = cut_loops(mask.protect(strip_stray_tags(drop_echo(text))))
+    text = cut_loops(drop_echo(mask.protect(strip_stray_tags(text))))  # masked: a title's full stop ends no sentence
     seeker = [mask.protect(u) for u in seeker]
     span = copied_span(text, seeker)
     while span is not None:  # the copied words go, with the punctuation that closed them
@@ -350,7 +365,7 @@ def _clean(text: str, allowed: list[str], seeker: list[str], catalogue: Catalogu
 def ground_reply(raw: str, allowed: list[str], context: str, catalogue: Catalogue) -> Reply:
     """The reply a person reads for ``raw`` (see the module docstring); ``allowed``: the turn's recommended titles."""
     turn = NEXT_TURN.search(raw)
-    text = cut_unfinished_title(ROLE_MARKER.sub("", raw[: turn.start()] if turn else raw))
+    text = cut_unfinished_title(ROLE_MARKER.sub("", raw[: turn.start()] if turn else raw), catalogue)
     seeker = seeker_utterances(context)
     for _ in range(5):  # each pass can only shorten the text or swap a title; a second pass is rarely needed
         cleaned = _clean(text, allowed, seeker, catalogue)

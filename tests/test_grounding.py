@@ -148,9 +148,37 @@ def test_a_sentence_echoing_the_instructions_goes():
     raw = "You are an intelligent conversational recommender system. How about <item>Superbad (2007)</item>?"
     assert check_reply(raw, ALLOWED, CONTEXT, CATALOGUE).echo
     assert ground(raw) == "How about <item>Superbad (2007)</item>?"
-    # four words in a row of a template echo it; three do not
+    # five words in a row of a template echo it; four, or words a recommender says anyway, do not
     assert check_reply("Seamlessly incorporate the recommended items.", [], CONTEXT, CATALOGUE).echo
-    assert not check_reply("These are the recommended items for you.", [], CONTEXT, CATALOGUE).echo
+    for said in ("These are the recommended items for you.", "You could include these in your movie night.",
+                 "Based on the conversation context and your love of comedy, try <item>Superbad (2007)</item>.",
+                 "I picked these based on their relevance to you: <item>Superbad (2007)</item>."):
+        assert not check_reply(said, ALLOWED, CONTEXT, CATALOGUE).echo and ground(said).startswith(said), said
+
+
+# titles with a full stop, titles whose name ends with another title's name, found by review
+ODD = Catalogue(["Mr. Smith Goes to Washington (1939)", "Godzilla (2014)", "Homecoming (2009)", "Go (1999)",
+                 "(500) Days of Summer (2009)", "Die Hard (1988)", "Superbad (2007)"])
+SMITH = "Mr. Smith Goes to Washington (1939)"
+
+
+def test_a_full_stop_inside_a_title_ends_no_sentence():
+    raw = f"Great. Try <item>{SMITH}</item> or <item>Super"
+    assert ground_reply(raw, [SMITH], "Seeker: hi", ODD).text == f"Great. You might like <item>{SMITH}</item>."
+    said = f"I picked these based on their relevance score to the conversation context: <item>{SMITH}</item>."
+    assert ground_reply(said, [SMITH], "Seeker: hi", ODD).text == f"You might like <item>{SMITH}</item>."  # one sentence
+    # a tag cut after a whole title only loses the tag
+    assert ground_reply("Love it. Try <item>Superbad (2007)</item", ["Superbad (2007)"], "Seeker: hi", ODD).text == \
+        "Love it. Try Superbad (2007)"
+
+
+def test_another_year_needs_the_whole_name_and_no_tag_inside_it():
+    for text in ("Try Shin Godzilla (2016), it is great.", "Spider-Man: Homecoming (2017) is fun.",
+                 "(500) Days of Summer (2010) is sweet.", "Go <item>Superbad</item> (2007) now."):
+        assert ODD.untagged(text) == [], text
+    assert ODD.untagged("I loved Godzilla (2016).") == [(8, 23, "Godzilla (2014)")]
+    # offsets hold where lower case is longer than the letter ("İ".lower() has 2 characters)
+    assert check_reply("İİ, Die Hard (2017) is fun.", [], "Seeker: hi", ODD).outside_items == ("Die Hard (1988)",)
 
 
 def test_grounding_metrics_count_each_fault_before_and_after_grounding():
