@@ -136,7 +136,7 @@ class Catalogue:
             titles = self.by_name.get(normalize(plain[start:at]))
             if titles and (text[start].isupper() or text[start].isdigit()) and "<" not in text[start:at] \
                     and NAME_AFTER.search(text[:start]):
-                return start, min(titles, key=lambda t: (abs(int(YEAR.search(t).group(1)) - year), t))
+                return start, min(titles, key=lambda t: (abs(int(YEAR.findall(t)[-1]) - year), t))
         return None
 
 
