@@ -96,11 +96,11 @@ def grounding_lines(m: dict) -> list[str]:
     if "response.reply.loop_rate" not in m:
         return []
     rate = "{:.0%}".format
+    echo = (f", the prompt's instructions echoed {rate(m['response.raw.echo_rate'])} -> {rate(m['response.reply.echo_rate'])}"
+            if "response.raw.echo_rate" in m else "")  # metrics written before the echo rule have none
     return [f"- replies (n = {m['response.generated_n']}), model generation -> what a person reads: an item outside the "
             f"recommended list {rate(m['response.raw.outside_items_rate'])} -> {rate(m['response.reply.outside_items_rate'])}, "
             f"a loop {rate(m['response.raw.loop_rate'])} -> {rate(m['response.reply.loop_rate'])}, "
-            f"the seeker's words copied {rate(m['response.raw.copy_rate'])} -> {rate(m['response.reply.copy_rate'])}"
-            + (f", the prompt's instructions echoed {rate(m['response.raw.echo_rate'])} -> {rate(m['response.reply.echo_rate'])}"
-               if "response.raw.echo_rate" in m else "") + "; "
+            f"the seeker's words copied {rate(m['response.raw.copy_rate'])} -> {rate(m['response.reply.copy_rate'])}{echo}; "
             f"{rate(m['response.reply.fallback_rate'])} had nothing usable left and got the fixed fallback sentence, "
             f"{rate(m.get('response.reply.items_appended_rate', 0))} named none of the recommended items and got it added"]
