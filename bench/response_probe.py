@@ -45,6 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline import templates  # noqa: E402
 from pipeline.data.items import item_titles  # noqa: E402
 from pipeline.grounding import Catalogue, ground_reply, has_loop, normalize, without_year  # noqa: E402
 from pipeline.metrics import distinct_n, perplexity  # noqa: E402
@@ -56,7 +57,9 @@ from stages._common import load_params  # noqa: E402
 from stages._params import lora  # noqa: E402
 
 OPENER = "The user's"
-CONTEXT = re.compile(r"- Conversation Context:\n(.*)\n- Use this to inform your dialogue\.\n", re.DOTALL)
+# the context slot of templates.RESPONSE, between the template's own words around it
+_BEFORE, _AFTER = templates.RESPONSE.split("{context}")
+CONTEXT = re.compile(re.escape(_BEFORE) + "(.*?)" + re.escape(_AFTER[: _AFTER.index("{")]), re.DOTALL)
 TASKS = {"response": "data/instructions/response_train.parquet", "dm": "data/instructions/dm_train.parquet",
          "ranking": "data/negatives/ranking_train.parquet"}
 

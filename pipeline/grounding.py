@@ -85,7 +85,7 @@ class ReplyCheck:
     outside_items: tuple[str, ...]  # titles named that are not among the turn's recommended items
     loop: bool  # a repeated span, line or 5-word sequence
     copied: bool  # a span of COPY_WORDS+ words a seeker utterance also has
-    echo: bool = False  # a sentence with ECHO_WORDS+ words in a row of an instruction template
+    echo: bool  # a sentence with ECHO_WORDS+ words in a row of an instruction template
 
 
 CLEAN = ReplyCheck((), False, False, False)
@@ -124,6 +124,10 @@ class Catalogue:
                 if named and not any(s < year.end() and named[0] < e for s, e in taken):
                     found.append((named[0], year.end(), named[1]))
         return sorted(found)
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, title) of every title ``text`` names, in order: ``<item>`` pairs and ``untagged`` ones."""
+        return sorted([(m.start(), m.end(), m.group(1)) for m in ITEM_TAG.finditer(text)] + self.untagged(text))
 
     def _name_before(self, text: str, plain: str, at: int, year: int) -> tuple[int, str] | None:
         """(start, catalogue title) of the longest catalogue title name written right before ``at`` (a year in
@@ -210,8 +214,8 @@ def cut_unfinished_title(text: str, catalogue: Catalogue) -> str:
     m = UNFINISHED_TITLE.search(text)
     if m is None or YEAR_TITLE.search(m.group(0)):
         return text
-    titles = [(t.start(), t.end()) for t in ITEM_TAG.finditer(text)] + [(a, b) for a, b, _ in catalogue.untagged(text)]
-    ends = [e.end() for e in SENTENCE_END.finditer(text, 0, m.start()) if not any(a <= e.start() < b for a, b in titles)]
+    titles = catalogue.spans(text)
+    ends = [e.end() for e in SENTENCE_END.finditer(text, 0, m.start()) if not any(a <= e.start() < b for a, b, _ in titles)]
     return text[: ends[-1] if ends else 0]
 
 
@@ -260,9 +264,8 @@ class TitleMask:
 
     def protect(self, text: str) -> str:
         text = text.replace(PLACEHOLDER_OPEN, "").replace(PLACEHOLDER_CLOSE, "")
-        spans = sorted([(m.start(), m.end(), m.group(1)) for m in ITEM_TAG.finditer(text)] + self.catalogue.untagged(text))
         out, at = [], 0
-        for start, end, title in spans:
+        for start, end, title in self.catalogue.spans(text):
             key = normalize(title)
             if key not in self.keys:
                 self.keys.append(key)
