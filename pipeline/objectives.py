@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pipeline import templates
-from pipeline.catalogue import CatalogueTask, catalogue_step_loss
+from pipeline.catalogue import OFFSET, CatalogueTask, catalogue_step_loss
 from pipeline.errors import ParamError
 from pipeline.losses import JointLossOutput, in_batch_info_nce, joint_loss, key_overlap_mask, mined_negatives_loss
 from pipeline.model import RetrievableLM
@@ -74,8 +74,10 @@ def _embed_docs(lm: RetrievableLM, task: RetrievalTask, texts: list[str], length
 
 
 def catalogue_parameters(tasks: list[CatalogueTask]) -> dict[str, torch.nn.Parameter]:
-    """Parameters a catalogue objective owns (learned item biases, by dataset), trained beside the adapter."""
-    return {task.name: task.bias for task in tasks if task.bias is not None}
+    """Parameters a catalogue objective owns, trained beside the adapter: learned item biases (by dataset) and
+    item offsets (``OFFSET`` + dataset)."""
+    return ({task.name: task.bias for task in tasks if task.bias is not None}
+            | {OFFSET + task.name: task.offset for task in tasks if task.offset is not None})
 
 
 def catalogue_losses(lm: RetrievableLM, tasks: list[CatalogueTask], batch: int, rng: random.Random, temperature: float,

@@ -25,6 +25,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -102,7 +103,7 @@ Validator = Callable[[RetrievableLM], list[dict]]  # rows of held-out scores (sa
 class TrainLoop:
     def __init__(self, lm: RetrievableLM, config: TrainConfig, compute_loss: LossFn, out_dir: str | Path,
                  stop_after: int | None = None, fingerprint: str = "", extra_params: dict[str, torch.nn.Parameter] | None = None,
-                 extra_lr: float | None = None, validate: Validator | None = None, validate_every: int = 0):
+                 extra_lr: float | Mapping[str, float] | None = None, validate: Validator | None = None, validate_every: int = 0):
         from accelerate import Accelerator
 
         self.lm, self.config, self.compute_loss = lm, config, compute_loss
@@ -115,15 +116,18 @@ class TrainLoop:
             lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(lm.model, "enable_input_require_grads"):
                 lm.model.enable_input_require_grads()
-        self.extra_params = dict(extra_params or {})  # trained beside the adapter (e.g. item biases), own lr
+        self.extra_params = dict(extra_params or {})  # trained beside the adapter (e.g. item biases), own lr:
+        # ``extra_lr`` for all, or per name (a Mapping); config.lr where it gives none
         self.validate, self.validate_every = validate, validate_every
         self.params = [p for p in lm.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("no trainable parameters: attach a LoRA adapter first")
         self.names = [n for n, p in lm.model.named_parameters() if p.requires_grad]
         groups = [{"params": self.params}]
-        if self.extra_params:
-            groups.append({"params": list(self.extra_params.values()), "lr": extra_lr or config.lr})
+        lrs = {name: (extra_lr.get(name) if isinstance(extra_lr, Mapping) else extra_lr) or config.lr
+               for name in self.extra_params}
+        for lr in dict.fromkeys(lrs.values()):  # one group per learning rate, in the parameters' order
+            groups.append({"params": [p for name, p in self.extra_params.items() if lrs[name] == lr], "lr": lr})
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         # The scheduler stays a plain LambdaLR (its position is just the step, restored on resume).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -8,7 +8,7 @@ import pandas as pd
 from pipeline import schemas
 from pipeline.baselines import log_counts, training_gold
 from pipeline.base_model import MANIFEST
-from pipeline.catalogue import ITEM_TABLES, CatalogueTask, catalogue_tasks, item_table
+from pipeline.catalogue import ITEM_TABLES, OFFSET, CatalogueTask, catalogue_tasks, item_table
 from pipeline.errors import MissingArtifactError, ParamError
 from pipeline.model import resolve_device
 from pipeline.training import LossFn, TrainConfig, TrainLoop, Validator, run_fingerprint
@@ -49,7 +49,8 @@ def catalogue_objective(params: dict, section: str, items: dict[str, pd.DataFram
     if s["item_bias"] and s["item_bias_init"] == "log_count":
         starts = training_log_counts(items)
     return catalogue_tasks(read_catalogue_pairs(), items, tables, s["item_bias"],
-                           device=resolve_device(params["model"]["device"]), bias_init=starts)
+                           device=resolve_device(params["model"]["device"]), bias_init=starts,
+                           item_offset=s.get("item_offset", False))  # warm-up has none: its table feeds mining
 
 
 def training_log_counts(items: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
@@ -66,6 +67,11 @@ def read_catalogue_pairs() -> pd.DataFrame:
 
 def read_rec_turns(dataset: str) -> pd.DataFrame:
     return schemas.read_table(ROOT / f"data/interim/{dataset}/rec_turns.parquet", schemas.REC_TURNS)
+
+
+def extra_learning_rates(s: dict, extra_params: dict) -> dict[str, float]:
+    """The catalogue objective's own learning rates: ``item_offset_lr`` for item offsets, ``item_bias_lr`` for biases."""
+    return {name: s["item_offset_lr"] if name.startswith(OFFSET) else s["item_bias_lr"] for name in extra_params}
 
 
 def train_config(params: dict, section: str) -> TrainConfig:
@@ -87,7 +93,7 @@ def train_adapter(params: dict, section: str, used: tuple[str, ...], inputs: tup
     s = params[section]
     extra_params = objective.extra_parameters() if hasattr(objective, "extra_parameters") else {}
     loop = TrainLoop(lm, train_config(params, section), objective, ROOT / "checkpoints" / section, fingerprint=fingerprint,
-                     extra_params=extra_params, extra_lr=s.get("item_bias_lr"), validate=validate,
+                     extra_params=extra_params, extra_lr=extra_learning_rates(s, extra_params), validate=validate,
                      validate_every=s.get("validate_every") or s["steps"])
     loop.run()
     loop.finish(ROOT / model_dir, ROOT / f"plots/{section}_loss.csv", {"stage": section, "steps": s["steps"]} | extra,

@@ -2,9 +2,9 @@
 a batch of retrieval queries and a batch of generation instances (ranking, dialogue management, response
 generation; drawn by `finetune.generation_weights`). Conv2Item is the paper's (1 positive + `negatives` mined
 negatives, plus in-batch negatives, a parameter) or, with `finetune.retrieval_objective: catalogue`, a softmax
-over the whole catalogue against the base model's item table with an optional learned item bias
-(``pipeline.catalogue``: an extension).
-Output: models/reficr (adapter [+ item_bias.safetensors]), plots/finetune_loss.csv, plots/finetune_validation.csv.
+over the whole catalogue against the base model's item table with an optional learned item bias and optional
+learned item offsets (``pipeline.catalogue``: extensions).
+Output: models/reficr (adapter [+ item_bias.safetensors: biases, offsets]), plots/finetune_loss.csv, plots/finetune_validation.csv.
 
     python -m stages.finetune
     accelerate launch --num_processes 4 -m stages.finetune     # several GPUs (DDP)
@@ -77,7 +77,7 @@ def main() -> None:
                                   lengths(params), f["lambda_cl"], f["lambda_gen"], f["in_batch_negatives"],
                                   catalogue, f["catalogue_batch"])
     extra = {"negatives": params["negatives"], "retrieval_objective": f["retrieval_objective"], "temperature": f["temperature"],
-             "item_table": f["item_table"]}
+             "item_table": f["item_table"], "item_offset": f["item_offset"]}
     train_adapter(params, "finetune", USED, INPUTS + VALIDATION_INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)
     log.info("ReFICR written to models/reficr")
 

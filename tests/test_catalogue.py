@@ -113,7 +113,7 @@ def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_
     torch.manual_seed(0)
     lm = RetrievableLM.load(base_dir, device="cpu", trainable=True)
     table = lm.embed(items["toy"]["description"].tolist(), "x", max_length=16)
-    tasks = catalogue_tasks(pairs, items, {"toy": table}, item_bias=True)
+    tasks = catalogue_tasks(pairs, items, {"toy": table}, item_bias=True, item_offset=True)
     assert tasks[0].targets == [0, 1, 2, 3] and tasks[0].gold_rows[1] == [1, 3]
     lm.attach_lora(LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"], layers=3))
     objective = FinetuneObjective([], [GenerationTask("response", ["Say hi"], ["Hi!"])], 0, 1, 0.05, lengths,
@@ -121,9 +121,9 @@ def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_
     turns = pairs.assign(instance_id=[f"t#{i}" for i in range(4)])
     validate = CatalogueValidation.build(turns, items, tasks, 0, 0, 0.05, 24, 16, 4, {"toy": np.log1p([3.0, 0, 1, 0])}, [0, 1])
     loop = TrainLoop(lm, TrainConfig(steps=3, lr=1e-3), objective, tmp_path / "work", extra_params=objective.extra_parameters(),
-                     extra_lr=0.05, validate=validate, validate_every=2)
+                     extra_lr={"toy": 0.05, "offset.toy": 0.01}, validate=validate, validate_every=2)
     loop.run()
-    assert tasks[0].bias.abs().sum().item() > 0  # the item bias learned
+    assert tasks[0].bias.abs().sum().item() > 0 and tasks[0].offset.abs().sum().item() > 0  # the item side learned
     rows = (tmp_path / "work/validation.csv").read_text().splitlines()
     assert rows[0] == "step,dataset,recall@10,recall@50,n,prior_beta,prior_recall@10,prior_recall@50"
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "2", "3"]
@@ -136,7 +136,7 @@ def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_
                                            batch_size=4, max_length=24, truncation_side="left"))
     loop.finish(tmp_path / "model", tmp_path / "loss.csv", {}, "item_bias.safetensors", tmp_path / "validation.csv")
     saved = load_file(tmp_path / "model/item_bias.safetensors")
-    assert torch.equal(saved["toy"], tasks[0].bias.detach())
+    assert torch.equal(saved["toy"], tasks[0].bias.detach()) and torch.equal(saved["offset.toy"], tasks[0].offset.detach())
     assert (tmp_path / "validation.csv").exists() and not (tmp_path / "work").exists()
     random.seed(0)
 
@@ -157,3 +157,67 @@ def test_a_missing_catalogue_pairs_table_names_the_stage_that_writes_it(tmp_path
     monkeypatch.setattr(training, "ROOT", tmp_path)
     with pytest.raises(MissingArtifactError, match=r"catalogue_train\.parquet: no catalogue pairs; run `dvc repro build_instructions`"):
         training.read_catalogue_pairs()
+
+
+def test_item_offsets_move_the_table_rows_and_are_scored_as_trained(tmp_path):
+    """``item_offset``: a learned vector per item added to its table row, the row re-normalised; the loss sees the
+    moved table (gradients reach the offsets), and trained_item_side gives the same table back to retrieval."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from pipeline.catalogue import OFFSET, offset_table, trained_item_side
+    from pipeline.objectives import catalogue_parameters
+
+    items = {"toy": pd.DataFrame({"item_id": ["a", "b", "c"], "description": ["A", "B", "C"]})}
+    pairs = pd.DataFrame({"dataset": "toy", "query": ["q"], "item_id": ["b"], "gold_item_ids": [["b"]]})
+    task = catalogue_tasks(pairs, items, {"toy": TABLE.numpy()}, item_bias=False, item_offset=True)[0]
+    assert torch.equal(task.scored_table(), TABLE)  # offsets start at 0: the table as it was
+    assert list(catalogue_parameters([task])) == ["offset.toy"]
+    assert catalogue_tasks(pairs, items, {"toy": TABLE.numpy()}, item_bias=False)[0].offset is None
+    # q = (1, 0), target b = (0, 1): the loss pulls b's row toward q; one SGD step on the offsets lowers it
+    q = torch.tensor([[1.0, 0.0]])
+    loss = catalogue_loss(q, task.scored_table(), torch.tensor([1]), 1.0)
+    loss.backward()
+    assert task.offset.grad[1, 0] < 0  # descending moves b's first coordinate up, toward q
+    with torch.no_grad():
+        task.offset -= 0.5 * task.offset.grad
+    assert catalogue_loss(q, task.scored_table(), torch.tensor([1]), 1.0) < loss
+    # by hand: row b (0, 1) + offset (1, 0) = (1, 1) -> (0.7071, 0.7071); the others unchanged
+    offset = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    moved = offset_table(TABLE.numpy(), offset)
+    np.testing.assert_allclose(moved, [[1, 0], [0.70710677, 0.70710677], [-1, 0]], atol=1e-6)
+    table = TABLE.numpy()
+    assert offset_table(table, None) is table  # no offsets: the table itself
+    np.testing.assert_allclose(torch.nn.functional.normalize(TABLE + torch.from_numpy(offset), dim=1), moved, atol=1e-6)
+    (tmp_path / "reficr_adapter.json").write_text(json.dumps({"retrieval_objective": "catalogue", "temperature": 0.5}))
+    save_file({OFFSET + "toy": offset}, str(tmp_path / "item_bias.safetensors"))
+    table, bias = trained_item_side(tmp_path, "toy", TABLE.numpy())
+    np.testing.assert_allclose(table, moved, atol=1e-6)
+    assert bias is None  # offsets learned without a bias
+    save_file({OFFSET + "toy": offset, "toy": np.array([0.0, 2.0, 0.0], dtype=np.float32)}, str(tmp_path / "item_bias.safetensors"))
+    table, bias = trained_item_side(tmp_path, "toy", TABLE.numpy())
+    np.testing.assert_allclose(table, moved, atol=1e-6)
+    assert bias.tolist() == [0.0, 1.0, 0.0]  # temperature x bias
+    save_file({OFFSET + "toy": offset[:2]}, str(tmp_path / "item_bias.safetensors"))
+    with pytest.raises(DataError, match=r"expected item offsets of shape \(3, 2\) for 'toy', found \(2, 2\)"):
+        trained_item_side(tmp_path, "toy", TABLE.numpy())
+
+
+def test_extra_parameters_get_their_own_learning_rates_by_name(base_dir):
+    """TrainLoop: ``extra_lr`` as one number for every extra parameter, or per name (the catalogue objective's
+    biases at ``item_bias_lr``, offsets at ``item_offset_lr``): one optimizer group per learning rate."""
+    from stages._training import extra_learning_rates
+
+    lm = RetrievableLM.load(base_dir, device="cpu", trainable=True)
+    lm.attach_lora(LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj"], layers=1))
+    extra = {"redial": torch.nn.Parameter(torch.zeros(3)), "offset.redial": torch.nn.Parameter(torch.zeros(3, 2)),
+             "inspired": torch.nn.Parameter(torch.zeros(2))}
+    lrs = extra_learning_rates({"item_bias_lr": 0.05, "item_offset_lr": 0.002}, extra)
+    assert lrs == {"redial": 0.05, "offset.redial": 0.002, "inspired": 0.05}
+    loop = TrainLoop(lm, TrainConfig(steps=1, lr=1e-3), lambda *_: None, "unused", extra_params=extra, extra_lr=lrs)
+    groups = [(g["initial_lr"] if "initial_lr" in g else g["lr"], [id(p) for p in g["params"]]) for g in loop.optimizer.param_groups]
+    assert groups[1] == (0.05, [id(extra["redial"]), id(extra["inspired"])])
+    assert groups[2] == (0.002, [id(extra["offset.redial"])])
+    loop = TrainLoop(lm, TrainConfig(steps=1, lr=1e-3), lambda *_: None, "unused", extra_params=extra, extra_lr=0.05)
+    assert len(loop.optimizer.param_groups) == 2 and loop.optimizer.param_groups[1]["initial_lr"] == 0.05
