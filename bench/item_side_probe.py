@@ -1,0 +1,128 @@
+"""Diagnostic: would the catalogue objective gain from moving the item side, before paying for a fine-tuning run?
+
+    python bench/item_side_probe.py --root . --out bench/results-item-side-probe.json
+
+Takes a trained run (``models/reficr`` and what ``evaluate`` saved: the fine-tuned query encoder, the item table
+it scores against and its learned bias; ``ReFICR.from_run``), embeds Conv2Item training queries (every INSPIRED
+training turn, a seeded sample of ReDial's) and the whole validation split once, then keeps the queries **fixed**
+and learns only one offset vector per item, added to the item's table row and re-normalised (what
+``finetune.item_offset`` learns jointly with the adapter), by the same softmax over the whole catalogue (Adam,
+constant learning rate, batches of 64, the query's other gold items masked). After each epoch: validation Recall@10
+/ @50 per item, full and dedup (gold items not seen in the context), for retrieval alone and with the popularity
+prior (beta x log(1 + training count)), beside popularity on the same contexts. Validation only: the test split is
+not read. Settings read here are a direction for a full run, whose own validation pass decides (README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline import schemas, templates  # noqa: E402
+from pipeline.baselines import log_counts, training_gold  # noqa: E402
+from pipeline.catalogue import recall_per_item  # noqa: E402
+from pipeline.recommender import ReFICR  # noqa: E402
+
+BETAS = (0, 0.5, 1)
+
+
+def recalls(scores: np.ndarray, prior: np.ndarray, full: list[list[int]], dedup: list[list[int]]) -> dict:
+    """R@10 / R@50, full and dedup, of ``scores`` (logits) + beta x ``prior`` for each beta."""
+    out = {}
+    for beta in BETAS:
+        s = scores + beta * prior[None, :]
+        f, d = recall_per_item(s, full), recall_per_item(s, dedup)
+        out[f"beta={beta}"] = {"full": [round(f["recall@10"], 4), round(f["recall@50"], 4)],
+                               "dedup": [round(d["recall@10"], 4), round(d["recall@50"], 4)]}
+    return out
+
+
+def probe(root: Path, dataset: str, train_queries: int, lrs: list[float], epochs: int, temperature: float, seed: int) -> dict:
+    model = ReFICR.from_run(root, dataset)
+    items = pd.read_parquet(root / f"data/interim/{dataset}/items.parquet")
+    row = {item: r for r, item in enumerate(items["item_id"])}
+    prior = log_counts(training_gold(schemas.read_table(root / f"data/interim/{dataset}/rec_turns.parquet",
+                                                        schemas.REC_TURNS)), items["item_id"])
+    pairs = pd.read_parquet(root / "data/instructions/catalogue_train.parquet")
+    pairs = pairs[pairs["dataset"] == dataset].drop_duplicates("instance_id")
+    if train_queries and len(pairs) > train_queries:
+        pairs = pairs.sample(n=train_queries, random_state=seed)
+    valid = pd.read_parquet(root / "data/instructions/turns_valid.parquet")
+    valid = valid[valid["dataset"] == dataset]
+    started = time.time()
+    q_train = torch.from_numpy(model.encoder.conversations(pairs["query"].tolist(), templates.CONV2ITEM_QUERY))
+    q_valid = torch.from_numpy(model.encoder.conversations(valid["query"].tolist(), templates.CONV2ITEM_QUERY))
+    embed_s = time.time() - started
+    table = torch.from_numpy(model.corpus.vectors).float()
+    bias = torch.zeros(len(table)) if model.corpus.bias is None else torch.from_numpy(model.corpus.bias).float()
+    full = [[row[g] for g in gold if g in row] for gold in valid["gold_item_ids"]]
+    dedup = [[row[g] for g, seen in zip(gold, seen_in) if g in row and not seen]
+             for gold, seen_in in zip(valid["gold_item_ids"], valid["gold_seen_in_context"])]
+    examples = [(q, row[g], [row[o] for o in gold if o in row]) for q, gold in enumerate(pairs["gold_item_ids"])
+                for g in gold if g in row]
+
+    def validation(moved: torch.Tensor) -> dict:
+        return recalls(((q_valid @ moved.T + bias) / temperature).numpy(), prior, full, dedup)
+
+    popularity = np.tile(prior - 1e-9 * np.arange(len(prior)), (len(valid), 1))  # ties: catalogue order
+    result = {"train_queries": len(pairs), "train_examples": len(examples), "validation_contexts": len(valid),
+              "embed_s": round(embed_s, 1), "popularity": recalls(popularity, np.zeros_like(prior), full, dedup)["beta=0"],
+              "without_offsets": validation(table), "offsets": {}}
+    print(dataset, "popularity", result["popularity"], "without offsets", result["without_offsets"], flush=True)
+    for lr in lrs:
+        torch.manual_seed(seed)
+        offset = torch.zeros_like(table, requires_grad=True)
+        optimizer = torch.optim.Adam([offset], lr=lr)
+        curve = []
+        for epoch in range(1, epochs + 1):
+            order = torch.randperm(len(examples)).tolist()
+            for start in range(0, len(examples), 64):
+                batch = [examples[i] for i in order[start:start + 64]]
+                moved = torch.nn.functional.normalize(table + offset, dim=1)
+                logits = (q_train[[q for q, _, _ in batch]] @ moved.T + bias) / temperature
+                mask = torch.zeros_like(logits, dtype=torch.bool)
+                for j, (_, target, gold) in enumerate(batch):
+                    mask[j, [g for g in gold if g != target]] = True
+                loss = torch.nn.functional.cross_entropy(logits.masked_fill(mask, float("-inf")),
+                                                         torch.tensor([t for _, t, _ in batch]))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                curve.append({"epoch": epoch, **validation(torch.nn.functional.normalize(table + offset, dim=1))})
+            print(dataset, f"lr {lr} epoch {epoch}", curve[-1], flush=True)
+        result["offsets"][str(lr)] = curve
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=str(ROOT), help="a run's root: models/reficr and evaluate's data/eval/<dataset>")
+    parser.add_argument("--datasets", default="inspired,redial")
+    parser.add_argument("--train-queries", type=int, default=5000, help="training contexts per dataset (0 = all)")
+    parser.add_argument("--lrs", default="1e-3,3e-3")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=0.05, help="the run's finetune.temperature")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    out = {"root": str(Path(args.root).resolve()), "args": vars(args)}
+    for dataset in args.datasets.split(","):
+        out[dataset] = probe(Path(args.root), dataset, args.train_queries, [float(x) for x in args.lrs.split(",")],
+                             args.epochs, args.temperature, args.seed)
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
