@@ -77,7 +77,7 @@ def main() -> None:
                                   lengths(params), f["lambda_cl"], f["lambda_gen"], f["in_batch_negatives"],
                                   catalogue, f["catalogue_batch"])
     extra = {"negatives": params["negatives"], "retrieval_objective": f["retrieval_objective"], "temperature": f["temperature"],
-             "item_table": f["item_table"], "item_offset": f["item_offset"]}
+             "item_table": f["item_table"]}  # learned item offsets are recorded by their presence in BIAS_FILE
     train_adapter(params, "finetune", USED, INPUTS + VALIDATION_INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)
     log.info("ReFICR written to models/reficr")
 
