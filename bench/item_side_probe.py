@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import schemas, templates  # noqa: E402
 from pipeline.baselines import log_counts, training_gold  # noqa: E402
-from pipeline.catalogue import recall_per_item  # noqa: E402
+from pipeline.catalogue import catalogue_loss, moved_rows, rank_scores, recall_per_item  # noqa: E402
 from pipeline.recommender import ReFICR  # noqa: E402
 
 BETAS = (0, 0.5, 1)
@@ -72,9 +72,9 @@ def probe(root: Path, dataset: str, train_queries: int, lrs: list[float], epochs
                 for g in gold if g in row]
 
     def validation(moved: torch.Tensor) -> dict:
-        return recalls(((q_valid @ moved.T + bias) / temperature).numpy(), prior, full, dedup)
+        return recalls(rank_scores(q_valid.numpy(), moved.numpy(), bias.numpy()) / temperature, prior, full, dedup)
 
-    popularity = np.tile(prior - 1e-9 * np.arange(len(prior)), (len(valid), 1))  # ties: catalogue order
+    popularity = np.tile(prior, (len(valid), 1))  # ties: catalogue order (recall_per_item sorts stably)
     result = {"train_queries": len(pairs), "train_examples": len(examples), "validation_contexts": len(valid),
               "embed_s": round(embed_s, 1), "popularity": recalls(popularity, np.zeros_like(prior), full, dedup)["beta=0"],
               "without_offsets": validation(table), "offsets": {}}
@@ -88,18 +88,15 @@ def probe(root: Path, dataset: str, train_queries: int, lrs: list[float], epochs
             order = torch.randperm(len(examples)).tolist()
             for start in range(0, len(examples), 64):
                 batch = [examples[i] for i in order[start:start + 64]]
-                moved = torch.nn.functional.normalize(table + offset, dim=1)
-                logits = (q_train[[q for q, _, _ in batch]] @ moved.T + bias) / temperature
-                mask = torch.zeros_like(logits, dtype=torch.bool)
-                for j, (_, target, gold) in enumerate(batch):
-                    mask[j, [g for g in gold if g != target]] = True
-                loss = torch.nn.functional.cross_entropy(logits.masked_fill(mask, float("-inf")),
-                                                         torch.tensor([t for _, t, _ in batch]))
+                # the bias is saved at cosine scale (temperature x the learned one): back to logit scale
+                loss = catalogue_loss(q_train[[q for q, _, _ in batch]], moved_rows(table, offset),
+                                      torch.tensor([t for _, t, _ in batch]), temperature, bias / temperature,
+                                      [gold for _, _, gold in batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
             with torch.no_grad():
-                curve.append({"epoch": epoch, **validation(torch.nn.functional.normalize(table + offset, dim=1))})
+                curve.append({"epoch": epoch, **validation(moved_rows(table, offset))})
             print(dataset, f"lr {lr} epoch {epoch}", curve[-1], flush=True)
         result["offsets"][str(lr)] = curve
     return result

@@ -56,12 +56,17 @@ OFFSET = "offset."  # a dataset's bias under its name, its item offsets [items, 
 ITEM_TABLES = ("base", "centered")  # the fixed table as embedded, or centred on its mean and re-normalised
 
 
+def moved_rows(table: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Each row of ``table`` plus its learned ``offset``, re-normalised: the table learned item offsets score."""
+    return torch.nn.functional.normalize(table + offset, dim=1)
+
+
 def offset_table(table: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
-    """``table`` with learned per-item ``offset`` rows added, each row re-normalised (``table`` itself without)."""
+    """``moved_rows`` of saved arrays (``table`` itself without offsets)."""
     if offset is None:
         return table
-    moved = np.asarray(table, dtype=np.float32) + np.asarray(offset, dtype=np.float32)
-    return (moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return moved_rows(torch.as_tensor(np.asarray(table, dtype=np.float32)),
+                      torch.as_tensor(np.asarray(offset, dtype=np.float32))).numpy()
 
 
 def item_table(base_items: np.ndarray, kind: str) -> np.ndarray:
@@ -94,9 +99,7 @@ class CatalogueTask:
     def scored_table(self) -> torch.Tensor:
         """The table queries are scored against: ``table``, or with the learned offsets, its rows moved and
         re-normalised (with gradients to the offsets)."""
-        if self.offset is None:
-            return self.table
-        return torch.nn.functional.normalize(self.table + self.offset, dim=1)
+        return self.table if self.offset is None else moved_rows(self.table, self.offset)
 
 
 def catalogue_loss(queries: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, temperature: float,

@@ -216,7 +216,7 @@ def test_extra_parameters_get_their_own_learning_rates_by_name(base_dir):
     lrs = extra_learning_rates({"item_bias_lr": 0.05, "item_offset_lr": 0.002}, extra)
     assert lrs == {"redial": 0.05, "offset.redial": 0.002, "inspired": 0.05}
     loop = TrainLoop(lm, TrainConfig(steps=1, lr=1e-3), lambda *_: None, "unused", extra_params=extra, extra_lr=lrs)
-    groups = [(g["initial_lr"] if "initial_lr" in g else g["lr"], [id(p) for p in g["params"]]) for g in loop.optimizer.param_groups]
+    groups = [(g["initial_lr"], [id(p) for p in g["params"]]) for g in loop.optimizer.param_groups]
     assert groups[1] == (0.05, [id(extra["redial"]), id(extra["inspired"])])
     assert groups[2] == (0.002, [id(extra["offset.redial"])])
     loop = TrainLoop(lm, TrainConfig(steps=1, lr=1e-3), lambda *_: None, "unused", extra_params=extra, extra_lr=0.05)
