@@ -54,6 +54,7 @@ class EvalSettings:
     # retrieval+prior's beta as fine-tuning's last validation pass chose it (``prior_choice``); None: choose here
     prior: PriorChoice | None = None
     max_dm_generation: int = 60  # of the DM turns, those the unconstrained generation is also run on (0 = all)
+    prior_chosen_at: str = ""  # where ``prior`` was chosen when not there (fit_items, with the item offsets it adopted)
 
 
 @dataclass
@@ -202,17 +203,16 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
 def _retrieval_prior(run: EvalRun) -> list[list[str]]:
     """cosine / temperature + beta * log(1 + training count), beta chosen on the validation split (the mean of
-    Recall@10 and @50): by fine-tuning's last validation pass where it made the choice, else here."""
+    Recall@10 and @50): by fine-tuning's last validation pass (or fit_items) where it made the choice, else here."""
     item_ids = run.data.items["item_id"].tolist()
     prior = log_counts(run.data.train_gold, item_ids)
     s, k = run.settings, run.recommender.top_k
     if s.prior is not None:
-        beta, chosen = s.prior.beta, s.prior
-        run.extra_metrics.update({"retrieval+prior.beta": beta, "retrieval+prior.validation_n": chosen.n,
-                                  "retrieval+prior.chosen_at": f"finetune validation, step {chosen.step}",
+        beta, chosen, where = s.prior.beta, s.prior, s.prior_chosen_at or f"finetune validation, step {s.prior.step}"
+        run.extra_metrics.update({"retrieval+prior.beta": beta, "retrieval+prior.validation_n": chosen.n, "retrieval+prior.chosen_at": where,
                                   f"retrieval+prior.validation_recall@10_50.beta={beta}": chosen.score,
                                   "retrieval+prior.validation_recall@10_50.beta=0": chosen.score_without})
-        log.info("retrieval+prior: beta %s, chosen by fine-tuning's validation at step %d", beta, chosen.step)
+        log.info("retrieval+prior: beta %s, chosen by %s", beta, where)
     else:
         valid = cap(run.data.turns_valid, s.max_validation or None, s.seed)
         position = {item: r for r, item in enumerate(item_ids)}

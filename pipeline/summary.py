@@ -48,6 +48,12 @@ def table(name: str, m: dict) -> list[str]:
                           f"{' (' + m['retrieval+prior.chosen_at'] + ')' if 'retrieval+prior.chosen_at' in m else ''} "
                           f"(validation Recall, mean of @10 and @50: {m[f'retrieval+prior.validation_recall@10_50.beta={beta}']:.3f}; "
                           f"beta = 0, i.e. retrieval alone: {m.get('retrieval+prior.validation_recall@10_50.beta=0', float('nan')):.3f})"]
+        if "item_offsets.adopted" in m:
+            lines += ["", "item offsets (an extension; stage fit_items fits one vector per item after fine-tuning, the query "
+                          "encoder fixed): " + ("adopted on the validation split: every ReFICR system above scores with them"
+                                                if m["item_offsets.adopted"] else
+                                                "not adopted on the validation split: the systems above score without them")
+                          + " (its validation figures: metrics/item_offsets_<dataset>.json)"]
         lines.append("")
     lines += ["### conversation", "",
               f"- perplexity of gold responses, given the gold items (oracle, as the paper): {m['response.ppl.gold_items']:.2f}; "

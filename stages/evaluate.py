@@ -26,7 +26,8 @@ from pipeline.encoder import SharedTrunk
 from pipeline.trunk import adapter_bottom_layers
 from pipeline.dm_policy import HEAD, SHARES, DMHead, fit_choices
 from pipeline.errors import MissingArtifactError
-from pipeline.catalogue import prior_choice, trained_item_side
+from pipeline.catalogue import offset_table, prior_choice, trained_item_side
+from pipeline.item_offsets import OffsetChoice, adopted_offsets
 from pipeline.settings import ModelSettings, RecommenderSettings
 from stages._common import ROOT, load_params, setup_logging, user_errors
 from stages._params import model_settings
@@ -35,6 +36,7 @@ log = logging.getLogger("stages.evaluate")
 BASE = ROOT / "models/base"
 VALIDATION_CURVE = "plots/finetune_validation.csv"  # fine-tuning's validation passes (retrieval+prior's beta)
 DM_VALIDATION = "metrics/dm_validation.json"  # stage validate_dm: dialogue management's prior and weight
+ITEM_OFFSETS = "models/item_offsets"  # stage fit_items@<dataset>: item offsets, used where validation adopted them
 
 
 def dm_validation(root: Path = ROOT) -> dict:
@@ -66,14 +68,18 @@ def recommender_settings(params: dict, dm_train: pd.DataFrame, chosen: dict) -> 
         dm_choices=choices, dm_log_prior=prior, dm_weight=float(chosen["weight"]), dm_head=head)
 
 
-def eval_settings(params: dict, dataset: str) -> EvalSettings:
-    """The protocol's settings; retrieval+prior's beta as fine-tuning's last validation pass chose it, where it did."""
+def eval_settings(params: dict, dataset: str, offsets: OffsetChoice | None = None) -> EvalSettings:
+    """The protocol's settings; retrieval+prior's beta as ``fit_items`` chose it with the item offsets it adopted,
+    else as fine-tuning's last validation pass chose it, where it did."""
     ev = params["eval"]
     curve = ROOT / VALIDATION_CURVE
-    prior = prior_choice(pd.read_csv(curve), dataset) if curve.exists() and curve.stat().st_size else None
+    prior = offsets.prior(params["finetune"]["steps"]) if offsets is not None else None
+    where = "fit_items validation, with the item offsets it adopted" if prior is not None else ""
+    if prior is None:
+        prior = prior_choice(pd.read_csv(curve), dataset) if curve.exists() and curve.stat().st_size else None
     return EvalSettings(ev["max_retrieval"][dataset], ev["max_generation"][dataset], ev["max_responses"], ev["max_dm"],
                         params["lengths"]["target"], ev["bootstrap"], params["seed"], params["finetune"]["temperature"],
-                        ev["prior_betas"], ev["max_validation"], prior, ev["max_dm_generation"])
+                        ev["prior_betas"], ev["max_validation"], prior, ev["max_dm_generation"], where)
 
 
 def write_outputs(dataset: str, result: EvalResult, model: ModelSettings) -> None:
@@ -98,14 +104,20 @@ def main(dataset: str) -> None:
     model, settings = model_settings(params), recommender_settings(params, data.dm_train, chosen)
     base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)
     items, bias = trained_item_side(ROOT / "models/reficr", dataset, base_items)
+    offsets, offset_choice = adopted_offsets(ROOT / ITEM_OFFSETS / dataset, dataset, len(base_items))
+    if offsets is not None:
+        log.info("%s: scoring with the item offsets fit_items adopted (%s)", dataset, offset_choice.reason)
+        items = offset_table(items, offsets)
     # the base and the fine-tuned model share the layers below the adapter: texts both embed go through them once
     shared = adapter_bottom_layers(ROOT / "models/reficr")
     store = SharedTrunk(data.turns_train["query"].tolist(), templates.CONV2CONV_SAMPLE, shared)
     run = EvalRun(data, lambda: build_system(model.load(BASE), data, settings, base_items, store=store),
                   lambda: build_system(model.load(BASE, adapter=ROOT / "models/reficr", merge=True), data, settings, items, bias,
                                        store),
-                  eval_settings(params, dataset), settings, Timer(), shared_layers=shared)
+                  eval_settings(params, dataset, offset_choice), settings, Timer(), shared_layers=shared)
     result = evaluate(run)
+    if offset_choice is not None and offset_choice.fitted:  # fitted after fine-tuning, kept or not by validation
+        result.metrics["item_offsets.adopted"] = offset_choice.adopted
     if data.dm_test is not None:  # how the weight was chosen, beside the test numbers
         result.metrics.update({f"dm.validation.{k}": round(v, 6) if isinstance(v, float) else v
                                for k, v in chosen.items() if k not in ("weight", "prior", "l2")})

@@ -73,6 +73,10 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     saved = json.loads((repo / "data/eval/inspired/recommender.json").read_text())["settings"]
     assert saved["dm_weight"] == validation["weight"] and bool(saved["dm_head"]) == (validation["prior"] == "head")
     assert (repo / "metrics/summary.md").read_text().startswith("# reficr evaluation summary")
+    for dataset in ("redial", "inspired"):  # the paper's objective: no fixed item table, so no item offsets
+        offsets = json.loads((repo / f"metrics/item_offsets_{dataset}.json").read_text())
+        assert (offsets["fitted"], offsets["adopted"]) == (False, False) and "paper's objective" in offsets["reason"]
+        assert "item_offsets.adopted" not in json.loads((repo / f"metrics/{dataset}.json").read_text())
     # the trained recommender answers from the command line
     (tmp_path / "in.jsonl").write_text(json.dumps({"context": [{"speaker": "seeker", "text": "I loved Super Troopers (2001), any other comedies?"}]}) + "\n")
     run([str(Path(sys.executable).parent / "reficr"), "recommend", "--dataset", "redial", "--input", str(tmp_path / "in.jsonl"),
@@ -93,7 +97,7 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     # dialogue-management validation split also shapes fine-tuning's DM turns
     for key, value, expected in ((("model", "inference_dtype"), "float32",
                                   {"mine_negatives", "embed_base_items@redial", "embed_base_items@inspired", "validate_dm",
-                                   "evaluate@redial", "evaluate@inspired"}),
+                                   "fit_items@redial", "fit_items@inspired", "evaluate@redial", "evaluate@inspired"}),
                                  (("eval", "max_retrieval", "redial"), 29, {"evaluate@redial"}),
                                  (("eval", "dm_validation", "weights"), [0, 0.5], {"validate_dm"}),
                                  (("eval", "dm_validation", "fraction"), 0.5, {"finetune", "validate_dm"})):  # tiny: 0.3
@@ -119,6 +123,18 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     assert (repo / "data/eval/redial/reficr_item_bias.npy").exists()
     metrics = json.loads((repo / "metrics/redial.json").read_text())
     assert "retrieval+prior.beta" in metrics and "paired.retrieval-popularity.dedup.recall@50.per_item.ci_low" in metrics
+    # item offsets fitted after fine-tuning (stage fit_items) on the fixed table, kept only where validation says so
+    params_now = yaml.safe_load((repo / "params.yaml").read_text())["item_offsets"]
+    for dataset in ("redial", "inspired"):
+        choice = json.loads((repo / f"metrics/item_offsets_{dataset}.json").read_text())
+        assert choice["fitted"] and choice["settings"]["contexts"] == params_now["contexts"]
+        assert choice["with_offsets"]["retrieval"]["full"]["n"] == choice["without"]["retrieval"]["full"]["n"] > 0
+        assert (repo / f"models/item_offsets/{dataset}/offsets.safetensors").exists()
+        evaluated = json.loads((repo / f"metrics/{dataset}.json").read_text())
+        assert evaluated["item_offsets.adopted"] == choice["adopted"]
+        if choice["adopted"]:
+            assert evaluated["retrieval+prior.beta"] == choice["with_offsets"]["prior_beta"]
+            assert evaluated["retrieval+prior.chosen_at"].startswith("fit_items validation")
     run([str(Path(sys.executable).parent / "reficr"), "recommend", "--dataset", "redial", "--input", str(tmp_path / "in.jsonl"),
          "--output", str(tmp_path / "out2.jsonl"), "--force-recommend", "--root", str(repo)], repo, env)
     assert len(json.loads((tmp_path / "out2.jsonl").read_text())["candidates"]) == 10

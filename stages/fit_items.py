@@ -1,0 +1,129 @@
+"""DVC stage `fit_items@<dataset>`: item offsets for the fine-tuned retriever, fitted after fine-tuning with its query
+encoder fixed, and kept only where the validation split says so (``pipeline.catalogue.fit_offsets``, ``OffsetChoice``;
+an extension of the paper's model, like the item bias: the catalogue objective's fixed item table moves).
+
+    python -m stages.fit_items redial      # or inspired
+
+The fine-tuned model embeds a seeded sample of ``item_offsets.contexts`` training contexts (Conv2Item queries, every
+training turn's) and the validation split once; one offset vector per item is then learned against the whole
+catalogue, added to the item's row of the table fine-tuning scored against (re-normalised), the queries and the item
+bias fixed. The validation split scores the item side with and without them, choosing retrieval+prior's beta again
+for each; the offsets are adopted when retrieval+prior's validation score rises and retrieval's dedup Recall@50 does
+not drop (``OffsetChoice.decide``). ``evaluate`` then scores with them and with their beta. The test split is not read.
+
+Writes models/item_offsets/<dataset>/ (choice.json; offsets.safetensors when fitted) and
+metrics/item_offsets_<dataset>.json (the same choice, for `dvc metrics show`). Nothing is fitted (the choice says
+why) with ``item_offsets.fit: false`` or for a run trained with the paper's objective (no fixed item table).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.numpy import save_file
+
+from pipeline import schemas, templates
+from pipeline.baselines import log_counts, training_gold
+from pipeline.catalogue import offset_table, rank_scores, trained_item_side
+from pipeline.encoder import Encoder
+from pipeline.item_offsets import OFFSETS_CHOICE, OFFSETS_FILE, OffsetChoice, fit_offsets, validation_side
+from pipeline.errors import DataError, ParamError
+from pipeline.instructions import cap
+from pipeline.io import atomic_dir, write_json
+from stages._common import ROOT, load_params, setup_logging, user_errors
+from stages._params import lengths, model_settings
+
+log = logging.getLogger("stages.fit_items")
+MODEL = ROOT / "models/reficr"
+CATALOGUE_PAIRS = ROOT / "data/instructions/catalogue_train.parquet"
+VALID_TURNS = ROOT / "data/instructions/turns_valid.parquet"
+
+
+def rows_of(gold: pd.Series, row: dict[str, int], seen: pd.Series | None = None) -> list[list[int]]:
+    """Each context's gold items as table rows (items outside the catalogue skipped); with ``seen``, only the gold
+    items not mentioned earlier in the dialogue (the dedup cut)."""
+    if seen is None:
+        return [[row[g] for g in items if g in row] for items in gold]
+    return [[row[g] for g, s in zip(items, flags) if g in row and not s] for items, flags in zip(gold, seen)]
+
+
+def check_settings(s: dict) -> None:
+    for key, kind in (("contexts", int), ("epochs", int), ("batch_size", int), ("lr", float)):
+        if not isinstance(s[key], (int, float)) or isinstance(s[key], bool) or s[key] < 0 or (kind is int and s[key] != int(s[key])):
+            raise ParamError(f"params.yaml: item_offsets.{key} {s[key]!r}; expected a non-negative {kind.__name__}")
+    if s["fit"] and (s["epochs"] < 1 or s["batch_size"] < 1 or s["lr"] <= 0):
+        raise ParamError("params.yaml: item_offsets: expected epochs >= 1, batch_size >= 1 and lr > 0 when fit is true")
+
+
+def fit(params: dict, dataset: str, table: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, OffsetChoice]:
+    s, ln, temperature = params["item_offsets"], lengths(params), params["finetune"]["temperature"]
+    items = schemas.read_table(ROOT / f"data/interim/{dataset}/items.parquet", schemas.ITEMS)
+    row = {item: r for r, item in enumerate(items["item_id"])}
+    if len(row) != len(table):
+        raise DataError(f"{ROOT / f'data/interim/{dataset}/items.parquet'}: {len(row)} items for an item table of "
+                        f"{len(table)} rows; re-run embed_base_items@{dataset}")
+    pairs = pd.read_parquet(CATALOGUE_PAIRS)
+    pairs = cap(pairs[pairs["dataset"] == dataset].drop_duplicates("instance_id"), s["contexts"] or None, params["seed"])
+    valid = pd.read_parquet(VALID_TURNS)
+    valid = cap(valid[valid["dataset"] == dataset], params["eval"]["max_validation"] or None, params["seed"])
+    if pairs.empty or valid.empty:
+        raise DataError(f"{CATALOGUE_PAIRS} / {VALID_TURNS}: no {dataset} training or validation contexts; expected both")
+    prior = log_counts(training_gold(schemas.read_table(ROOT / f"data/interim/{dataset}/rec_turns.parquet", schemas.REC_TURNS)),
+                       items["item_id"])
+
+    started = time.perf_counter()
+    encoder = Encoder(model_settings(params).load(ROOT / "models/base", adapter=MODEL, merge=True), ln.query, ln.document,
+                      params["embed"]["batch_size"])
+    log.info("%s: embedding %d training and %d validation contexts with the fine-tuned model (~0.05-0.2 s each on 2 cores)",
+             dataset, len(pairs), len(valid))
+    q_train = encoder.conversations(pairs["query"].tolist(), templates.CONV2ITEM_QUERY)
+    q_valid = encoder.conversations(valid["query"].tolist(), templates.CONV2ITEM_QUERY)
+    embedded = time.perf_counter()
+    gold_train = rows_of(pairs["gold_item_ids"], row)
+    logit_bias = None if bias is None else torch.from_numpy(bias / temperature)  # saved at cosine scale
+    log.info("%s: fitting item offsets on %d (context, gold item) pairs, lr %g, %d epoch(s)", dataset,
+             sum(map(len, gold_train)), s["lr"], s["epochs"])
+    offsets = fit_offsets(torch.from_numpy(q_train), gold_train, torch.from_numpy(table), logit_bias, temperature,
+                          float(s["lr"]), int(s["epochs"]), int(s["batch_size"]), params["seed"]).numpy()
+    fitted = time.perf_counter()
+
+    full, dedup = rows_of(valid["gold_item_ids"], row), rows_of(valid["gold_item_ids"], row, valid["gold_seen_in_context"])
+    betas = params["eval"]["prior_betas"]
+    without = validation_side(rank_scores(q_valid, table, bias) / temperature, prior, full, dedup, betas)
+    moved = validation_side(rank_scores(q_valid, offset_table(table, offsets), bias) / temperature, prior, full, dedup, betas)
+    settings = {"contexts": len(pairs), "pairs": sum(map(len, gold_train)), "validation_contexts": len(valid),
+                "lr": s["lr"], "epochs": s["epochs"], "batch_size": s["batch_size"],
+                "embed_s": round(embedded - started, 1), "fit_s": round(fitted - embedded, 1)}
+    return offsets, OffsetChoice.decide(dataset, without, moved, settings)
+
+
+def main(dataset: str) -> None:
+    setup_logging()
+    params = load_params()
+    s = params["item_offsets"]
+    check_settings(s)
+    base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)
+    table, bias = trained_item_side(MODEL, dataset, base_items)
+    offsets = None
+    if not s["fit"]:
+        choice = OffsetChoice(dataset, False, False, "item_offsets.fit is false")
+    elif table is None:
+        choice = OffsetChoice(dataset, False, False, "fine-tuned with the paper's objective: the model embeds the items itself")
+    else:
+        offsets, choice = fit(params, dataset, table.astype(np.float32), None if bias is None else bias.astype(np.float32))
+    log.info("%s: item offsets %s (%s)", dataset, "adopted" if choice.adopted else "not adopted", choice.reason)
+    with atomic_dir(ROOT / "models/item_offsets" / dataset) as out:
+        if offsets is not None:
+            save_file({dataset: np.ascontiguousarray(offsets, dtype=np.float32)}, str(out / OFFSETS_FILE))
+        write_json(out / OFFSETS_CHOICE, choice.to_json())
+    write_json(ROOT / f"metrics/item_offsets_{dataset}.json", choice.to_json())
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(sys.argv[1] if len(sys.argv) > 1 else "")
