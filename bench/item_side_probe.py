@@ -10,7 +10,8 @@ and learns only one offset vector per item, added to the item's table row and re
 constant learning rate, batches of 64, the query's other gold items masked). After each epoch: validation Recall@10
 / @50 per item, full and dedup (gold items not seen in the context), for retrieval alone and with the popularity
 prior (beta x log(1 + training count)), beside popularity on the same contexts. Validation only: the test split is
-not read. Settings read here are a direction for a full run, whose own validation pass decides (README).
+not read. Settings read here are a direction for a full run, whose own validation pass decides (README). The fitting
+is ``pipeline.item_offsets.fit_offsets``, which stage ``fit_items`` runs after fine-tuning.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import schemas, templates  # noqa: E402
 from pipeline.baselines import log_counts, training_gold  # noqa: E402
-from pipeline.catalogue import catalogue_loss, moved_rows, rank_scores, recall_per_item  # noqa: E402
+from pipeline.catalogue import moved_rows, rank_scores, recall_per_item  # noqa: E402
+from pipeline.item_offsets import fit_offsets  # noqa: E402
 from pipeline.recommender import ReFICR  # noqa: E402
 
 BETAS = (0, 0.5, 1)
@@ -68,36 +70,26 @@ def probe(root: Path, dataset: str, train_queries: int, lrs: list[float], epochs
     full = [[row[g] for g in gold if g in row] for gold in valid["gold_item_ids"]]
     dedup = [[row[g] for g, seen in zip(gold, seen_in) if g in row and not seen]
              for gold, seen_in in zip(valid["gold_item_ids"], valid["gold_seen_in_context"])]
-    examples = [(q, row[g], [row[o] for o in gold if o in row]) for q, gold in enumerate(pairs["gold_item_ids"])
-                for g in gold if g in row]
+    examples = sum(len([g for g in gold if g in row]) for gold in pairs["gold_item_ids"])
 
     def validation(moved: torch.Tensor) -> dict:
         return recalls(rank_scores(q_valid.numpy(), moved.numpy(), bias.numpy()) / temperature, prior, full, dedup)
 
     popularity = np.tile(prior, (len(valid), 1))  # ties: catalogue order (recall_per_item sorts stably)
-    result = {"train_queries": len(pairs), "train_examples": len(examples), "validation_contexts": len(valid),
+    result = {"train_queries": len(pairs), "train_examples": examples, "validation_contexts": len(valid),
               "embed_s": round(embed_s, 1), "popularity": recalls(popularity, np.zeros_like(prior), full, dedup)["beta=0"],
               "without_offsets": validation(table), "offsets": {}}
     print(dataset, "popularity", result["popularity"], "without offsets", result["without_offsets"], flush=True)
+    bias_logits = bias / temperature  # the bias is saved at cosine scale (temperature x the learned one)
+    gold_train = [[row[o] for o in gold if o in row] for gold in pairs["gold_item_ids"]]
     for lr in lrs:
-        torch.manual_seed(seed)
-        offset = torch.zeros_like(table, requires_grad=True)
-        optimizer = torch.optim.Adam([offset], lr=lr)
         curve = []
-        for epoch in range(1, epochs + 1):
-            order = torch.randperm(len(examples)).tolist()
-            for start in range(0, len(examples), 64):
-                batch = [examples[i] for i in order[start:start + 64]]
-                # the bias is saved at cosine scale (temperature x the learned one): back to logit scale
-                loss = catalogue_loss(q_train[[q for q, _, _ in batch]], moved_rows(table, offset),
-                                      torch.tensor([t for _, t, _ in batch]), temperature, bias / temperature,
-                                      [gold for _, _, gold in batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            with torch.no_grad():
-                curve.append({"epoch": epoch, **validation(moved_rows(table, offset))})
+
+        def after_epoch(epoch: int, offset: torch.Tensor, lr: float = lr, curve: list = curve) -> None:
+            curve.append({"epoch": epoch, **validation(moved_rows(table, offset))})
             print(dataset, f"lr {lr} epoch {epoch}", curve[-1], flush=True)
+
+        fit_offsets(q_train, gold_train, table, bias_logits, temperature, lr, epochs, 64, seed, after_epoch)
         result["offsets"][str(lr)] = curve
     return result
 
