@@ -127,7 +127,7 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     params_now = yaml.safe_load((repo / "params.yaml").read_text())["item_offsets"]
     for dataset in ("redial", "inspired"):
         choice = json.loads((repo / f"metrics/item_offsets_{dataset}.json").read_text())
-        assert choice["fitted"] and choice["settings"]["contexts"] == params_now["contexts"]
+        assert choice["fitted"] and 0 < choice["settings"]["contexts"] <= params_now["contexts"]  # the slices: fewer
         assert choice["with_offsets"]["retrieval"]["full"]["n"] == choice["without"]["retrieval"]["full"]["n"] > 0
         assert (repo / f"models/item_offsets/{dataset}/offsets.safetensors").exists()
         evaluated = json.loads((repo / f"metrics/{dataset}.json").read_text())
