@@ -84,7 +84,7 @@ class OffsetChoice:
     reason: str
     without: dict = field(default_factory=dict)  # ``validation_side`` of the fine-tuned item side
     with_offsets: dict = field(default_factory=dict)  # ... with the fitted offsets
-    settings: dict = field(default_factory=dict)  # what was fitted: contexts, examples, lr, epochs, seconds
+    settings: dict = field(default_factory=dict)  # what was fitted: contexts, (context, gold item) pairs, lr, epochs, batch
 
     @classmethod
     def decide(cls, dataset: str, without: dict, with_offsets: dict, settings: dict, decimals: int = 9) -> "OffsetChoice":

@@ -1,5 +1,5 @@
 """DVC stage `fit_items@<dataset>`: item offsets for the fine-tuned retriever, fitted after fine-tuning with its query
-encoder fixed, and kept only where the validation split says so (``pipeline.catalogue.fit_offsets``, ``OffsetChoice``;
+encoder fixed, and kept only where the validation split says so (``pipeline.item_offsets``: ``fit_offsets``, ``OffsetChoice``;
 an extension of the paper's model, like the item bias: the catalogue objective's fixed item table moves).
 
     python -m stages.fit_items redial      # or inspired
@@ -11,8 +11,9 @@ bias fixed. The validation split scores the item side with and without them, cho
 for each; the offsets are adopted when retrieval+prior's validation score rises and retrieval's dedup Recall@50 does
 not drop (``OffsetChoice.decide``). ``evaluate`` then scores with them and with their beta. The test split is not read.
 
-Writes models/item_offsets/<dataset>/ (choice.json; offsets.safetensors when fitted) and
-metrics/item_offsets_<dataset>.json (the same choice, for `dvc metrics show`). Nothing is fitted (the choice says
+Writes models/item_offsets/<dataset>/ (choice.json; offsets.safetensors and timing.json when fitted) and
+metrics/item_offsets_<dataset>.json (the same choice, for `dvc metrics show`; wall times stay out of it, as they vary
+from run to run). Nothing is fitted (the choice says
 why) with ``item_offsets.fit: false`` or for a run trained with the paper's objective (no fixed item table).
 """
 
@@ -60,7 +61,7 @@ def check_settings(s: dict) -> None:
         raise ParamError("params.yaml: item_offsets: expected epochs >= 1, batch_size >= 1 and lr > 0 when fit is true")
 
 
-def fit(params: dict, dataset: str, table: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, OffsetChoice]:
+def fit(params: dict, dataset: str, table: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, OffsetChoice, dict]:
     s, ln, temperature = params["item_offsets"], lengths(params), params["finetune"]["temperature"]
     items = schemas.read_table(ROOT / f"data/interim/{dataset}/items.parquet", schemas.ITEMS)
     row = {item: r for r, item in enumerate(items["item_id"])}
@@ -86,8 +87,7 @@ def fit(params: dict, dataset: str, table: np.ndarray, bias: np.ndarray | None) 
     embedded = time.perf_counter()
     gold_train = rows_of(pairs["gold_item_ids"], row)
     logit_bias = None if bias is None else torch.from_numpy(bias / temperature)  # saved at cosine scale
-    log.info("%s: fitting item offsets on %d (context, gold item) pairs, lr %g, %d epoch(s)", dataset,
-             sum(map(len, gold_train)), s["lr"], s["epochs"])
+    log.info("%s: fitting item offsets on %d (context, gold item) pairs, lr %g", dataset, sum(map(len, gold_train)), s["lr"])
     offsets = fit_offsets(torch.from_numpy(q_train), gold_train, torch.from_numpy(table), logit_bias, temperature,
                           float(s["lr"]), int(s["epochs"]), int(s["batch_size"]), params["seed"]).numpy()
     fitted = time.perf_counter()
@@ -97,9 +97,10 @@ def fit(params: dict, dataset: str, table: np.ndarray, bias: np.ndarray | None) 
     without = validation_side(rank_scores(q_valid, table, bias) / temperature, prior, full, dedup, betas)
     moved = validation_side(rank_scores(q_valid, offset_table(table, offsets), bias) / temperature, prior, full, dedup, betas)
     settings = {"contexts": len(pairs), "pairs": sum(map(len, gold_train)), "validation_contexts": len(valid),
-                "lr": s["lr"], "epochs": s["epochs"], "batch_size": s["batch_size"],
-                "embed_s": round(embedded - started, 1), "fit_s": round(fitted - embedded, 1)}
-    return offsets, OffsetChoice.decide(dataset, without, moved, settings)
+                "lr": s["lr"], "epochs": s["epochs"], "batch_size": s["batch_size"]}
+    timing = {"embed_s": round(embedded - started, 1), "fit_s": round(fitted - embedded, 1)}
+    log.info("%s: embedding took %.0f s, fitting %.1f s", dataset, timing["embed_s"], timing["fit_s"])
+    return offsets, OffsetChoice.decide(dataset, without, moved, settings), timing
 
 
 def main(dataset: str) -> None:
@@ -109,17 +110,18 @@ def main(dataset: str) -> None:
     check_settings(s)
     base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)
     table, bias = trained_item_side(MODEL, dataset, base_items)
-    offsets = None
+    offsets, timing = None, None
     if not s["fit"]:
         choice = OffsetChoice(dataset, False, False, "item_offsets.fit is false")
     elif table is None:
         choice = OffsetChoice(dataset, False, False, "fine-tuned with the paper's objective: the model embeds the items itself")
     else:
-        offsets, choice = fit(params, dataset, table.astype(np.float32), None if bias is None else bias.astype(np.float32))
+        offsets, choice, timing = fit(params, dataset, table.astype(np.float32), None if bias is None else bias.astype(np.float32))
     log.info("%s: item offsets %s (%s)", dataset, "adopted" if choice.adopted else "not adopted", choice.reason)
     with atomic_dir(ROOT / "models/item_offsets" / dataset) as out:
         if offsets is not None:
             save_file({dataset: np.ascontiguousarray(offsets, dtype=np.float32)}, str(out / OFFSETS_FILE))
+            write_json(out / "timing.json", timing)
         write_json(out / OFFSETS_CHOICE, choice.to_json())
     write_json(ROOT / f"metrics/item_offsets_{dataset}.json", choice.to_json())
 
