@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline import schemas, templates  # noqa: E402
 from pipeline.baselines import log_counts, training_gold  # noqa: E402
 from pipeline.catalogue import moved_rows, rank_scores, recall_per_item  # noqa: E402
-from pipeline.item_offsets import fit_offsets  # noqa: E402
+from pipeline.item_offsets import fit_offsets, gold_rows  # noqa: E402
 from pipeline.recommender import ReFICR  # noqa: E402
 
 BETAS = (0, 0.5, 1)
@@ -67,21 +67,18 @@ def probe(root: Path, dataset: str, train_queries: int, lrs: list[float], epochs
     embed_s = time.time() - started
     table = torch.from_numpy(model.corpus.vectors).float()
     bias = torch.zeros(len(table)) if model.corpus.bias is None else torch.from_numpy(model.corpus.bias).float()
-    full = [[row[g] for g in gold if g in row] for gold in valid["gold_item_ids"]]
-    dedup = [[row[g] for g, seen in zip(gold, seen_in) if g in row and not seen]
-             for gold, seen_in in zip(valid["gold_item_ids"], valid["gold_seen_in_context"])]
-    examples = sum(len([g for g in gold if g in row]) for gold in pairs["gold_item_ids"])
+    full, dedup = gold_rows(valid["gold_item_ids"], row), gold_rows(valid["gold_item_ids"], row, valid["gold_seen_in_context"])
+    gold_train = gold_rows(pairs["gold_item_ids"], row)
 
     def validation(moved: torch.Tensor) -> dict:
         return recalls(rank_scores(q_valid.numpy(), moved.numpy(), bias.numpy()) / temperature, prior, full, dedup)
 
     popularity = np.tile(prior, (len(valid), 1))  # ties: catalogue order (recall_per_item sorts stably)
-    result = {"train_queries": len(pairs), "train_examples": examples, "validation_contexts": len(valid),
+    result = {"train_queries": len(pairs), "train_examples": sum(map(len, gold_train)), "validation_contexts": len(valid),
               "embed_s": round(embed_s, 1), "popularity": recalls(popularity, np.zeros_like(prior), full, dedup)["beta=0"],
               "without_offsets": validation(table), "offsets": {}}
     print(dataset, "popularity", result["popularity"], "without offsets", result["without_offsets"], flush=True)
     bias_logits = bias / temperature  # the bias is saved at cosine scale (temperature x the learned one)
-    gold_train = [[row[o] for o in gold if o in row] for gold in pairs["gold_item_ids"]]
     for lr in lrs:
         curve = []
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.numpy import load_file
 from tqdm.auto import tqdm
@@ -25,6 +26,14 @@ from pipeline.errors import DataError
 
 OFFSETS_FILE = "offsets.safetensors"  # in models/item_offsets/<dataset>: the fitted offsets, under the dataset's name
 OFFSETS_CHOICE = "choice.json"  # ... and whether validation kept them (``OffsetChoice``)
+
+
+def gold_rows(gold: pd.Series, row: dict[str, int], seen: pd.Series | None = None) -> list[list[int]]:
+    """Each context's gold items as table rows (items outside the catalogue skipped); with ``seen``, only the gold
+    items not mentioned earlier in the dialogue (the dedup cut)."""
+    if seen is None:
+        return [[row[g] for g in items if g in row] for items in gold]
+    return [[row[g] for g, s in zip(items, flags) if g in row and not s] for items, flags in zip(gold, seen)]
 
 
 def fit_offsets(queries: torch.Tensor, gold_rows: list[list[int]], table: torch.Tensor, bias: torch.Tensor | None,
@@ -66,10 +75,9 @@ def validation_side(scores: np.ndarray, prior: np.ndarray, full: list[list[int]]
     fine-tuning's validation chooses it): its score (mean of @10 and @50) and recalls."""
     beta, tried, chosen = prior_sweep(scores, prior, full, betas)
     with_prior = scores + beta * prior[None, :]
-    out = {"retrieval": {"full": recall_per_item(scores, full), "dedup": recall_per_item(scores, dedup)},
-           "prior_beta": beta, "prior_score": tried[beta], "prior_score_beta0": tried.get(0, float("nan")),
-           "retrieval+prior": {"full": chosen, "dedup": recall_per_item(with_prior, dedup)}}
-    return out
+    return {"retrieval": {"full": recall_per_item(scores, full), "dedup": recall_per_item(scores, dedup)},
+            "prior_beta": beta, "prior_score": tried[beta], "prior_score_beta0": tried.get(0, float("nan")),
+            "retrieval+prior": {"full": chosen, "dedup": recall_per_item(with_prior, dedup)}}
 
 
 @dataclass

@@ -32,7 +32,7 @@ from pipeline import schemas, templates
 from pipeline.baselines import log_counts, training_gold
 from pipeline.catalogue import offset_table, rank_scores, trained_item_side
 from pipeline.encoder import Encoder
-from pipeline.item_offsets import OFFSETS_CHOICE, OFFSETS_FILE, OffsetChoice, fit_offsets, validation_side
+from pipeline.item_offsets import OFFSETS_CHOICE, OFFSETS_FILE, OffsetChoice, fit_offsets, gold_rows, validation_side
 from pipeline.errors import DataError, ParamError
 from pipeline.instructions import cap
 from pipeline.io import atomic_dir, write_json
@@ -43,14 +43,6 @@ log = logging.getLogger("stages.fit_items")
 MODEL = ROOT / "models/reficr"
 CATALOGUE_PAIRS = ROOT / "data/instructions/catalogue_train.parquet"
 VALID_TURNS = ROOT / "data/instructions/turns_valid.parquet"
-
-
-def rows_of(gold: pd.Series, row: dict[str, int], seen: pd.Series | None = None) -> list[list[int]]:
-    """Each context's gold items as table rows (items outside the catalogue skipped); with ``seen``, only the gold
-    items not mentioned earlier in the dialogue (the dedup cut)."""
-    if seen is None:
-        return [[row[g] for g in items if g in row] for items in gold]
-    return [[row[g] for g, s in zip(items, flags) if g in row and not s] for items, flags in zip(gold, seen)]
 
 
 def check_settings(s: dict) -> None:
@@ -85,14 +77,14 @@ def fit(params: dict, dataset: str, table: np.ndarray, bias: np.ndarray | None) 
     q_train = encoder.conversations(pairs["query"].tolist(), templates.CONV2ITEM_QUERY)
     q_valid = encoder.conversations(valid["query"].tolist(), templates.CONV2ITEM_QUERY)
     embedded = time.perf_counter()
-    gold_train = rows_of(pairs["gold_item_ids"], row)
+    gold_train = gold_rows(pairs["gold_item_ids"], row)
     logit_bias = None if bias is None else torch.from_numpy(bias / temperature)  # saved at cosine scale
     log.info("%s: fitting item offsets on %d (context, gold item) pairs, lr %g", dataset, sum(map(len, gold_train)), s["lr"])
     offsets = fit_offsets(torch.from_numpy(q_train), gold_train, torch.from_numpy(table), logit_bias, temperature,
                           float(s["lr"]), int(s["epochs"]), int(s["batch_size"]), params["seed"]).numpy()
     fitted = time.perf_counter()
 
-    full, dedup = rows_of(valid["gold_item_ids"], row), rows_of(valid["gold_item_ids"], row, valid["gold_seen_in_context"])
+    full, dedup = gold_rows(valid["gold_item_ids"], row), gold_rows(valid["gold_item_ids"], row, valid["gold_seen_in_context"])
     betas = params["eval"]["prior_betas"]
     without = validation_side(rank_scores(q_valid, table, bias) / temperature, prior, full, dedup, betas)
     moved = validation_side(rank_scores(q_valid, offset_table(table, offsets), bias) / temperature, prior, full, dedup, betas)
