@@ -3,7 +3,8 @@
 
 - ``Conversation`` / ``request_model``: the input contract and its limits (pydantic, so the service's OpenAPI
   schema documents them and the batch CLI checks a whole file against the same rules before it loads a model);
-- ``answer_turn``: ``ReFICR.turn`` with each stage timed and each candidate's retrieval score and title;
+- ``answer_turn``: ``Recommender.turn`` (``pipeline.knowledge``: retrieval+knowledge's candidates, the items the
+  conversation names left out unless asked for) with each stage timed and each candidate's score and title;
   ``Recommendation``: its result.
 """
 
@@ -17,7 +18,8 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from pipeline.recommender import RUN_MANIFEST, ReFICR
+from pipeline.knowledge import Recommender
+from pipeline.recommender import RUN_MANIFEST
 
 # Input limits. A turn only reads the most recent utterances (``context_max_utterances``, ``context_max_chars``
 # of the run's settings), so these only bound what a client may send, not what the model sees.
@@ -43,6 +45,7 @@ class RecommendOptions(Conversation):
         "force_recommend": True, "top_k": 5}]})
 
     force_recommend: bool = Field(False, description="retrieve, rank and recommend even when dialogue management does not say to")
+    include_named: bool = Field(False, description="also recommend items the conversation already names (left out by default)")
 
 
 def request_model(max_top_k: int) -> type[RecommendOptions]:
@@ -75,7 +78,8 @@ def validation_problems(error) -> list[str]:
 class Candidate(BaseModel):
     item_id: str
     title: str
-    score: float = Field(description="retrieval score (cosine to the conversation, + the item bias when the run learned one)")
+    score: float = Field(description="the candidate's score: retrieval+knowledge's mixture (a probability over the catalogue) "
+                                     "where the run has one, else the retrieval score (cosine, + the item bias when learned)")
 
 
 class RecommendedItem(BaseModel):
@@ -87,7 +91,7 @@ class StageTimings(BaseModel):
     """Milliseconds per stage; 0 for the stages a turn without a recommendation skips."""
 
     dm: float = Field(description="rendering the context and dialogue management")
-    retrieve: float = Field(description="Conv2Item: embedding the conversation and searching the item corpus")
+    retrieve: float = Field(description="Conv2Item and the knowledge scores: embedding the conversation, scoring the item corpus")
     knowledge: float = Field(description="Conv2Conv: collaborative knowledge from a similar conversation")
     rank: float = Field(description="the model's ranking of the candidates")
     respond: float = Field(description="response generation")
@@ -111,12 +115,13 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = round((time.perf_counter() - start) * 1000, 3)
 
 
-def answer_turn(system: ReFICR, context: list[dict], force_recommend: bool = False,
-                top_k: int | None = None) -> Recommendation:
-    """``ReFICR.turn`` with per-stage timings, the candidates' retrieval scores and titles. ``top_k`` cuts the
-    listed candidates (default: all ``settings.candidates`` the model ranks); the turn itself does not change."""
+def answer_turn(recommender: Recommender, context: list[dict], force_recommend: bool = False,
+                top_k: int | None = None, include_named: bool = False) -> Recommendation:
+    """``Recommender.turn`` with per-stage timings, the candidates' scores and titles. ``top_k`` cuts the listed
+    candidates (default: all ``settings.candidates`` the model ranks); the turn itself does not change."""
     timings = dict.fromkeys(StageTimings.model_fields, 0.0)
-    turn = system.turn(context, force_recommend, timed=lambda stage: _timed(timings, stage))
+    system = recommender.system
+    turn = recommender.turn(context, force_recommend, include_named, timed=lambda stage: _timed(timings, stage))
     candidates = [Candidate(item_id=i, title=system.title[i], score=round(score, 6))
                   for i, score in list(zip(turn.candidates, turn.candidate_scores))[:top_k]]
     return Recommendation(actions=turn.actions, dm_output=turn.dm_output, candidates=candidates, knowledge=turn.knowledge,

@@ -90,11 +90,11 @@ def _quiet_libraries() -> None:
 
 
 def _load_recommender(dataset: str, root: Path):
-    """The trained system `evaluate@<dataset>` saved (one loading path: ``ReFICR.from_run``)."""
-    from pipeline.recommender import ReFICR
+    """The trained run `evaluate@<dataset>` saved (one loading path: ``Recommender.load``)."""
+    from pipeline.knowledge import Recommender
 
     _quiet_libraries()
-    return ReFICR.from_run(root, dataset)  # MissingArtifactError names the `dvc repro` target
+    return Recommender.load(root, dataset)  # MissingArtifactError names the `dvc repro` target
 
 
 def _read_requests(path: Path, max_top_k: int) -> list:
@@ -106,7 +106,7 @@ def _read_requests(path: Path, max_top_k: int) -> list:
 
     model = request_model(max_top_k)
     expected = (f'each line: {{"context": [{{"speaker": "seeker"|"recommender", "text": str}}, ...], '
-                f'"force_recommend": bool (optional), "top_k": 1..{max_top_k} (optional)}}')
+                f'"force_recommend": bool (optional), "include_named": bool (optional), "top_k": 1..{max_top_k} (optional)}}')
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
@@ -134,6 +134,7 @@ def recommend(dataset: str = typer.Option("redial", help="redial | inspired: whi
               input: Path = typer.Option(..., help="JSON lines, each the body of POST /v1/recommend: {\"context\": [{\"speaker\": ..., \"text\": ...}, ...]}"),
               output: Path = typer.Option(..., help="JSON lines out, each what POST /v1/recommend answers: actions, candidates, knowledge, recommended, response, timings_ms"),
               force_recommend: bool = typer.Option(False, help="recommend even when dialogue management does not say so (for every line)"),
+              include_named: bool = typer.Option(False, help="also recommend items the conversation names (for every line)"),
               root: Path = typer.Option(Path("."), help="project root")) -> None:
     """Batch: conversations in, ReFICR's turn (action, candidates, ranking, response) out: the same records as
     `reficr serve`'s POST /v1/recommend."""
@@ -142,11 +143,12 @@ def recommend(dataset: str = typer.Option("redial", help="redial | inspired: whi
 
     # the whole input is checked before the model is loaded (top_k against the run's candidate count when known)
     requests = _read_requests(input, run_candidate_count(root, dataset) or 50)
-    system = _load_recommender(dataset, root)
+    recommender = _load_recommender(dataset, root)
     with atomic_path(output) as tmp, open(tmp, "w") as fh:
         for request in requests:
-            turn = answer_turn(system, [u.model_dump() for u in request.context],
-                               force_recommend=force_recommend or request.force_recommend, top_k=request.top_k)
+            turn = answer_turn(recommender, [u.model_dump() for u in request.context],
+                               force_recommend=force_recommend or request.force_recommend, top_k=request.top_k,
+                               include_named=include_named or request.include_named)
             fh.write(turn.model_dump_json() + "\n")
     typer.echo(f"{len(requests)} conversations -> {output}")
 
@@ -154,11 +156,12 @@ def recommend(dataset: str = typer.Option("redial", help="redial | inspired: whi
 @app.command()
 def chat(dataset: str = typer.Option("redial", help="redial | inspired"),
          force_recommend: bool = typer.Option(False, help="recommend at every turn"),
+         include_named: bool = typer.Option(False, help="also recommend items the conversation names"),
          root: Path = typer.Option(Path("."), help="project root")) -> None:
     """Talk to the trained recommender; each turn shows the action, candidates, knowledge and ranking."""
     from pipeline.answer import answer_turn
 
-    system = _load_recommender(dataset, root)
+    recommender = _load_recommender(dataset, root)
     context: list[dict] = []
     typer.echo("You are the seeker. Empty line or Ctrl-D to stop.")
     for line in sys.stdin:
@@ -166,7 +169,7 @@ def chat(dataset: str = typer.Option("redial", help="redial | inspired"),
         if not text:
             break
         context.append({"speaker": "seeker", "text": text})
-        turn = answer_turn(system, context, force_recommend=force_recommend)
+        turn = answer_turn(recommender, context, force_recommend=force_recommend, include_named=include_named)
         typer.echo(f"  [action] {', '.join(turn.actions) or '(none parsed)'}")
         if turn.candidates:
             typer.echo(f"  [candidates] {', '.join(f'{c.title} ({c.score:.3f})' for c in turn.candidates)}")

@@ -11,8 +11,6 @@ summary follow from the registry.
 from __future__ import annotations
 
 import logging
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,17 +22,19 @@ import pandas as pd
 from pipeline import schemas, templates
 from pipeline.baselines import BM25Retriever, context_echo, log_counts, popularity_ranking, training_gold
 from pipeline.data.items import item_titles
-from pipeline.dm_policy import HEAD, SHARES, free_generation
-from pipeline.instructions import ACTIONS, cap
-from pipeline.metrics import (Instance, bootstrap_ci, dedup, dialogue_management_metrics, distinct_n, majority_action_set,
-                              paired_difference, perplexity, recommendation_metrics)
+from pipeline.instructions import cap
+from pipeline.content_check import content_check
+from pipeline.context_embeddings import ContextEmbeddings
+from pipeline.conversation_eval import dialogue_management, response_metrics
+from pipeline.fusion import KnowledgeChoice, KnowledgeGrid, KnowledgeScorer, Queries, context_items, every_training_turn
+from pipeline.metrics import Instance, dedup, paired_difference, recommendation_metrics
 from pipeline.model import RetrievableLM
 from pipeline.catalogue import PriorChoice, prior_sweep
 from pipeline.ranking import ParsedRanking, parse_statistics, random_ranking
 from pipeline.encoder import Encoder, SharedTrunk
-from pipeline.grounding import ITEM_TAG, Catalogue, Reply, check_reply
 from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR, context_item_lists
 from pipeline.settings import RecommenderSettings
+from pipeline.timing import Timer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class EvalSettings:
     prior: PriorChoice | None = None
     max_dm_generation: int = 60  # of the DM turns, those the unconstrained generation is also run on (0 = all)
     prior_chosen_at: str = ""  # where ``prior`` was chosen when not there (fit_items, with the item offsets it adopted)
+    knowledge: KnowledgeGrid | None = None  # the collaborative signals' settings the validation split chooses among
 
 
 @dataclass
@@ -71,6 +72,8 @@ class EvalData:
     responses_test: pd.DataFrame
     dm_train: pd.DataFrame  # IARD training turns (the majority-action baseline; DM's choices)
     dm_test: pd.DataFrame | None  # IARD held-out turns (evaluated with ReDial only)
+    train_all: pd.DataFrame | None = None  # every training turn (query, gold_item_ids): the collaborative neighbours
+    contexts: dict[str, ContextEmbeddings] | None = None  # the fine-tuned model's train/valid contexts (embed_contexts)
 
     @classmethod
     def read(cls, root: str | Path, dataset: str, with_dm: bool) -> "EvalData":
@@ -87,22 +90,10 @@ class EvalData:
                    training_gold(rec_turns),
                    turns("turns_train.parquet"), turns("turns_valid.parquet"), turns("turns_test.parquet"),
                    turns("response_test.parquet"), pd.read_parquet(instructions / "dm_train.parquet"),
-                   pd.read_parquet(instructions / "dm_test.parquet") if with_dm else None)
+                   pd.read_parquet(instructions / "dm_test.parquet") if with_dm else None,
+                   every_training_turn(instructions / "catalogue_train.parquet", dataset),
+                   {split: ContextEmbeddings.load(root / "data/embeddings/reficr" / dataset, split) for split in ("train", "valid")})
 
-
-class Timer:
-    """Wall time per named span (kept out of the metrics: it varies run to run), logged as it goes."""
-
-    def __init__(self):
-        self.times: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        log.info("%s ...", name)
-        start = time.perf_counter()
-        yield
-        self.times[name] = round(time.perf_counter() - start, 1)
-        log.info("%s done in %.1f s", name, self.times[name])
 
 
 def build_system(lm: RetrievableLM, data: EvalData, settings: RecommenderSettings, item_vectors: np.ndarray | None = None,
@@ -169,12 +160,57 @@ class EvalRun:
 
     @cached_property
     def retrieved_gen(self) -> list[list[str]]:
-        position = dict(zip(self.retr.instance_id, self.retrieved))
+        return self.on_generation_sample(self.retrieved)
+
+    def on_generation_sample(self, lists: list[list[str]]) -> list[list[str]]:
+        position = dict(zip(self.retr.instance_id, lists))
         return [position[i] for i in self.gen.instance_id]
+
+    # ------------------------------------------------------------------ collaborative signals, retrieval+knowledge
+    @cached_property
+    def scorer(self) -> KnowledgeScorer:
+        with self.timer("collaborative signals: fit on the training split"):
+            return KnowledgeScorer.from_tables(self.data.items, self.data.dialogues, self.data.train_all, self.data.contexts["train"],
+                                               self.data.train_gold)
+
+    def queries(self, frame: pd.DataFrame, vectors: np.ndarray, llm: bool = True) -> Queries:
+        """``frame``'s contexts as the scorer reads them (with ReFICR's query vectors and retrieval logits)."""
+        logits = self.reficr.corpus.scores(vectors) / self.settings.temperature if llm else None
+        return Queries(frame["query"].tolist(), context_items(self.data.dialogues, frame.instance_id.tolist()), vectors, logits)
+
+    @cached_property
+    def knowledge_choice(self) -> KnowledgeChoice:
+        """Every knowledge setting, chosen on the validation contexts ``embed_contexts`` embedded (dedup gold)."""
+        valid = self.data.contexts["valid"]
+        frame = self.data.turns_valid.set_index("instance_id").loc[valid.contexts.instance_id].reset_index()
+        with self.timer("collaborative signals and retrieval+knowledge: choose on the validation split"):
+            return self.scorer.choose(self.queries(frame, valid.vectors),
+                                      self.scorer.gold_rows(frame.gold_item_ids, frame.gold_seen_in_context), self.settings.knowledge)
+
+    @cached_property
+    def test_parts(self) -> dict[str, np.ndarray]:
+        with self.timer("collaborative signals and retrieval+knowledge on the retrieval sample"):
+            return self.scorer.parts(self.queries(self.retr, self.query_vectors), self.knowledge_choice)
+
+    def knowledge_lists(self, weights: dict[str, float]) -> list[list[str]]:
+        """The mixture ``weights`` of the test parts, ``LONG_LIST`` times top_k items per instance (so that a list
+        without the context's items still holds top_k)."""
+        scores = self.scorer.mix(self.test_parts, weights)
+        ids = self.scorer.item_ids
+        return [[ids[i] for i in row] for row in top_rows(scores, LONG_LIST * self.recommender.top_k)]
+
+    @cached_property
+    def candidates(self) -> list[list[str]]:
+        """``retrieval+knowledge``'s lists: the candidates the LLM ranks."""
+        return self.knowledge_lists(self.knowledge_choice.fusion_weights)
+
+    @cached_property
+    def candidates_gen(self) -> list[list[str]]:
+        return self.on_generation_sample(self.candidates)
 
     def ranked(self, name: str, knowledge: list[str]) -> list[list[str]]:
         with self.timer(f"ranking: {name}"):
-            ranked, parsed, outputs = self.reficr.rank(self.gen["query"].tolist(), self.retrieved_gen, knowledge)
+            ranked, parsed, outputs = self.reficr.rank(self.gen["query"].tolist(), self.candidates_gen, knowledge)
         self.ranking_outputs[name] = (parsed, outputs)
         return ranked
 
@@ -233,19 +269,32 @@ def _context_echo(run: EvalRun) -> list[list[str]]:
     return [context_echo(c, run.popular, run.recommender.top_k) for c in contexts]
 
 
+LONG_LIST = 2  # the lists of FILTERED systems hold this many times top_k items
+
+
 SYSTEMS: list[System] = [
     System("popularity", "retrieval", "items by training-split recommendation count",
-           lambda run: [run.popular[: run.recommender.top_k]] * len(run.retr)),
+           lambda run: [run.popular[: LONG_LIST * run.recommender.top_k]] * len(run.retr)),
     System("context_echo", "retrieval", "items mentioned earlier in the dialogue, most recent first, then popularity", _context_echo),
     System("bm25", "retrieval", "BM25 between the context and the item descriptions", _bm25),
     System("base_embedder", "retrieval", "Conv2Item with the un-tuned base model", lambda run: run.base["retrieved"]),
+    System("co_mention", "retrieval", "items named in the same training dialogues as the context's items (count-normalised)",
+           lambda run: run.knowledge_lists({"co_mention": 1.0})),
+    System("conversation_knn", "retrieval", "gold items of the most similar training contexts (TF-IDF of words and item ids)",
+           lambda run: run.knowledge_lists({"text_neighbours": 1.0})),
+    System("collaborative_mix", "retrieval", "co_mention + conversation_knn + popularity, weights chosen on validation",
+           lambda run: run.knowledge_lists(run.knowledge_choice.mix_weights)),
     System("retrieval/no_instruction", "retrieval", "ablation: Conv2Item without the retrieval instruction",
            lambda run: run.reficr.retrieve(run.retr["query"].tolist(), instruction="")),
     System("retrieval", "retrieval", "ReFICR Conv2Item over the whole corpus", lambda run: run.retrieved),
     System("retrieval+prior", "retrieval", "retrieval + beta * log(1 + training count), beta chosen on validation", _retrieval_prior),
+    System("retrieval+knowledge", "retrieval", "an extension: Conv2Item + the training conversations nearest by ReFICR's "
+           "encoder + collaborative_mix's signals, weights chosen on validation", lambda run: run.candidates),
     System("retrieval@gen", "generation", "the same retrieval lists, on the generation sample", lambda run: run.retrieved_gen),
+    System("retrieval+knowledge@gen", "generation", "retrieval+knowledge's lists on the generation sample: what the LLM ranks",
+           lambda run: run.candidates_gen),
     System("random_ranking", "generation", "ablation: the top-N candidates in a seeded random order",
-           lambda run: random_ranking(run.retrieved_gen, run.recommender.candidates,
+           lambda run: random_ranking(run.candidates_gen, run.recommender.candidates,
                                       [f"{run.settings.seed}:{i}" for i in run.gen.instance_id])),
     System("ranked", "generation", "LLM ranking of the top-N candidates, no knowledge",
            lambda run: run.ranked("ranked", [templates.NO_KNOWLEDGE] * len(run.gen))),
@@ -255,8 +304,12 @@ SYSTEMS: list[System] = [
            lambda run: run.ranked("ranked+knowledge", run.reficr.knowledge(run.gen["query"].tolist(), run.gen.dialogue_id.tolist()))),
 ]
 SYSTEM_NAMES = [s.name for s in SYSTEMS]
-# Paired differences (bootstrap over dialogues) of ReFICR's retrieval against each retrieval baseline.
-PAIRED = [(a, b) for a in ("retrieval", "retrieval+prior") for b in ("popularity", "context_echo", "bm25", "base_embedder")]
+BASELINES = ("popularity", "context_echo", "bm25", "base_embedder", "co_mention", "conversation_knn", "collaborative_mix")
+# Paired differences (bootstrap over dialogues) of ReFICR's retrieval systems against each retrieval baseline.
+PAIRED = ([(a, b) for a in ("retrieval", "retrieval+prior") for b in BASELINES[:4]] + [("retrieval", "collaborative_mix")]
+          + [("retrieval+knowledge", b) for b in BASELINES])
+# Scored also as a product shows them: the items named in the context left out of the list (dedup gold only).
+FILTERED = ("popularity", "co_mention", "conversation_knn", "collaborative_mix", "retrieval+knowledge")
 
 
 # ----------------------------------------------------------------------------- running it
@@ -270,98 +323,24 @@ class EvalResult:
     recall_curve: pd.DataFrame  # system, k, recall (full, per item): the DVC plot
     timings: dict[str, float]
     system: ReFICR  # the fine-tuned system (its embeddings are saved for `reficr` to reuse)
+    knowledge: KnowledgeChoice  # retrieval+knowledge's settings, chosen on validation (saved for `reficr` too)
 
 
 def _instances(frame: pd.DataFrame) -> list[Instance]:
     return [Instance(r.instance_id, r.dialogue_id, list(r.gold_item_ids), list(r.gold_seen_in_context)) for r in frame.itertuples()]
 
 
-def response_metrics(run: EvalRun, ranked_with_knowledge: dict[str, list[str]]) -> tuple[dict[str, float], pd.DataFrame]:
-    """Perplexity of gold responses given the gold items (the paper's oracle) and given the model's own top items
-    (as many as the gold response names, at least one); Distinct-n and item mentions of generated responses."""
-    system, data, s = run.reficr, run.data, run.settings
-    responses = data.responses_test.set_index("instance_id")
-    resp = responses.loc[[i for i in run.gen.instance_id if i in responses.index]]
-    own_items = {i: ranked_with_knowledge[i][: max(1, len(resp.item_ids[i]))] for i in resp.index}
-    context = dict(zip(run.gen.instance_id, run.gen["query"]))
-    own_prompts = [templates.response_prompt(context[i], [system.title[x] for x in own_items[i]]) for i in resp.index]
-    lengths = dict(max_prompt_length=system.settings.prompt_length, max_target_length=s.target_length)
-    with run.timer("perplexity"):
-        gold_lp = system.lm.score(resp.prompt.tolist(), resp.target.tolist(), **lengths)
-        own_lp = system.lm.score(own_prompts, resp.target.tolist(), **lengths)
-    metrics = {"response.ppl.gold_items": perplexity(gold_lp), "response.ppl.own_items": perplexity(own_lp), "response.n": len(resp)}
-    sample = cap(resp.reset_index(), s.max_responses or None, s.seed)
-    with run.timer("response generation"):
-        replies = system.replies([context[i] for i in sample.instance_id], [own_items[i] for i in sample.instance_id])
-    generated = [r.raw for r in replies]  # the model's generation: Distinct-n and item mentions, as the paper
-    tokens = [g.lower().split() for g in generated]
-    for n in (2, 4):
-        for variant, value in distinct_n(tokens, n).items():
-            metrics[f"response.distinct@{n}.{variant}"] = value
-    known_titles = {t.lower() for t in system.title.values()} | {t.lower() for t in data.items.title}
-    mentions = [m.strip() for g in generated for m in ITEM_TAG.findall(g)]
-    metrics["response.item_mentions"] = len(mentions)
-    metrics["response.item_mentions_outside_corpus"] = sum(1 for m in mentions if m.lower() not in known_titles)
-    metrics["response.generated_n"] = len(generated)
-    metrics.update(grounding_metrics(replies, [[system.title[x] for x in own_items[i]] for i in sample.instance_id],
-                                     [context[i] for i in sample.instance_id], system.catalogue))
-    return metrics, pd.DataFrame({"instance_id": sample.instance_id, "generated": generated,
-                                  "reply": [r.text for r in replies], "fallback": [r.fallback for r in replies],
-                                  "items_appended": [r.appended for r in replies],
-                                  "gold": sample.target})
-
-
-def grounding_metrics(replies: list[Reply], allowed: list[list[str]], contexts: list[str], catalogue: Catalogue) -> dict[str, float]:
-    """Share of replies naming an item outside the turn's recommended items, with a loop, copying the seeker, echoing
-    the prompt's instructions: ``response.raw.*`` for the model's generation, ``response.reply.*`` for what a person
-    reads (``pipeline.grounding``), how many replies fell back to the fixed sentence and how many had it added."""
-    out: dict[str, float] = {}
-    for variant in ("raw", "reply"):
-        checks = [check_reply(r.raw if variant == "raw" else r.text, a, c, catalogue) for r, a, c in zip(replies, allowed, contexts)]
-        n = max(len(checks), 1)
-        out[f"response.{variant}.outside_items_rate"] = sum(bool(c.outside_items) for c in checks) / n
-        out[f"response.{variant}.loop_rate"] = sum(c.loop for c in checks) / n
-        out[f"response.{variant}.copy_rate"] = sum(c.copied for c in checks) / n
-        out[f"response.{variant}.echo_rate"] = sum(c.echo for c in checks) / n
-    out["response.reply.fallback_rate"] = sum(r.fallback for r in replies) / max(len(replies), 1)
-    out["response.reply.items_appended_rate"] = sum(r.appended for r in replies) / max(len(replies), 1)
+def filtered_metrics(run: EvalRun, lists: dict[str, dict[str, list[str]]]) -> dict[str, float]:
+    """``FILTERED`` systems scored as a product shows their lists, the items the context names left out:
+    ``<system>.filtered.dedup.*`` (dedup gold only: a gold item named earlier cannot be recommended)."""
+    named = dict(zip(run.retr.instance_id, map(set, context_items(run.data.dialogues, run.retr.instance_id.tolist()))))
+    k, out = run.recommender.top_k, {}
+    instances = _instances(run.retr)
+    for name in FILTERED:
+        kept = {i: [x for x in lst if x not in named[i]][:k] for i, lst in lists[name].items()}
+        scored = recommendation_metrics(kept, instances, f"{name}.filtered", bootstrap=run.settings.bootstrap, seed=run.settings.seed)
+        out.update({key: v for key, v in scored.items() if ".dedup." in key})
     return out
-
-
-def dialogue_management(run: EvalRun) -> tuple[dict[str, float], pd.DataFrame]:
-    """Held-out IARD turns: the action set ReFICR chooses (``ReFICR.choose_actions``, what the chat acts on: ``dm.prior``
-    says whether by the DM head or the training shares) against
-    the majority action set of the training turns, exact-set accuracy and micro-F1, and their accuracy difference
-    with a paired bootstrap CI over dialogues; then the paper's unconstrained generation on a sample of them
-    (``max_dm_generation``): how often it names an action at all (its parse rate) and how well."""
-    s = run.settings
-    dm = cap(run.data.dm_test, s.max_dm or None, s.seed)
-    gold = [list(a) for a in dm.actions]
-    with run.timer("dialogue management"):
-        predicted = run.reficr.choose_actions(dm.prompt.tolist())
-    metrics = {f"dm.{k}": v for k, v in dialogue_management_metrics(predicted, gold, ACTIONS).items()}
-    metrics["dm.weight"] = run.reficr.settings.dm_weight
-    metrics["dm.prior"] = HEAD if run.reficr.settings.dm_head else SHARES
-    if run.reficr.settings.dm_head:
-        metrics["dm.head_l2"] = run.reficr.settings.dm_head["l2"]
-    majority = majority_action_set([list(a) for a in run.data.dm_train.actions])
-    baseline = dialogue_management_metrics([majority] * len(gold), gold, ACTIONS)
-    metrics.update({f"dm.majority.{k}": baseline[k] for k in ("accuracy", "micro_f1")})
-    metrics["dm.majority.actions"] = "+".join(majority)
-    diffs = [float(set(p) == set(g)) - float(set(majority) == set(g)) for p, g in zip(predicted, gold)]
-    low, high = bootstrap_ci(diffs, dm.dialogue_id.tolist(), s.bootstrap, s.seed)
-    metrics.update({"paired.dm-majority.accuracy": float(np.mean(diffs)) if diffs else float("nan"),
-                    "paired.dm-majority.accuracy.ci_low": low, "paired.dm-majority.accuracy.ci_high": high,
-                    "paired.dm-majority.accuracy.n": len(diffs)})
-    free = cap(dm, s.max_dm_generation or None, s.seed)
-    with run.timer("dialogue management, free generation"):
-        unconstrained, outputs = free_generation(
-            lambda prompts: run.reficr.generate(prompts, run.reficr.settings.max_new_tokens_dm), free)
-    metrics.update({f"dm.free_generation.{k}": v for k, v in unconstrained.items()})
-    free_output = dict(zip(free.instance_id, outputs))
-    return metrics, pd.DataFrame({"instance_id": dm.instance_id, "dialogue_id": dm.dialogue_id,
-                                  "predicted_actions": predicted, "gold_actions": gold,
-                                  "free_generation": [free_output.get(i) for i in dm.instance_id]})
 
 
 def evaluate(run: EvalRun) -> EvalResult:
@@ -383,6 +362,13 @@ def evaluate(run: EvalRun) -> EvalResult:
                 for k in (10, 50):
                     diff = paired_difference(lists[a], lists[b], chosen, k, run.settings.bootstrap, run.settings.seed)
                     metrics.update({f"paired.{a}-{b}.{variant}.recall@{k}.per_item{key}": v for key, v in diff.items()})
+    with run.timer("filtered lists (the context's items left out)"):
+        metrics.update(filtered_metrics(run, lists))
+    metrics.update(run.knowledge_choice.metrics())
+    metrics["knowledge.train_dialogues"] = int(run.data.dialogues.loc[run.data.dialogues.split == "train", "dialogue_id"].nunique())
+    if run.data.dataset == "redial":  # the content check's genres come from ReDial's metadata
+        with run.timer("content check"):
+            metrics.update(content_check(run.reficr, run.scorer, run.knowledge_choice, run.settings.temperature, run.data.items))
     metrics.update(run.extra_metrics)
     for name, (parsed, _) in run.ranking_outputs.items():
         metrics.update({f"{name}.ranking_output.{k}": v for k, v in parse_statistics(parsed).items()})
@@ -397,4 +383,4 @@ def evaluate(run: EvalRun) -> EvalResult:
     outputs = pd.DataFrame([{"instance_id": i, "system": name, "output": o}
                             for name, (_, outs) in run.ranking_outputs.items() for i, o in zip(gen_ids, outs)])
     curve = pd.DataFrame([{"system": s, "k": k, "recall": metrics[f"{s}.full.recall@{k}.per_item"]} for s in SYSTEM_NAMES for k in (1, 5, 10, 50)])
-    return EvalResult(metrics, pd.DataFrame(rows), outputs, responses, dm, curve, run.timer.times, run.reficr)
+    return EvalResult(metrics, pd.DataFrame(rows), outputs, responses, dm, curve, run.timer.times, run.reficr, run.knowledge_choice)

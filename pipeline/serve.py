@@ -34,6 +34,7 @@ from pipeline import __version__
 from pipeline.answer import (DEFAULT_TOP_K, MAX_UTTERANCE_CHARS, MAX_UTTERANCES, Recommendation, answer_turn,
                              request_model)
 from pipeline.base_model import weights_hash
+from pipeline.knowledge import Recommender
 from pipeline.model import ADAPTER_MANIFEST
 from pipeline.recommender import ReFICR
 
@@ -56,21 +57,25 @@ class ModelIdentity:
 class Service:
     """A loaded trained run and what ``/healthz`` says about it."""
 
-    system: ReFICR
+    recommender: Recommender
     dataset: str
     model: ModelIdentity
     load_seconds: float
 
+    @property
+    def system(self) -> ReFICR:
+        return self.recommender.system
+
     @classmethod
     def load(cls, root: str | Path, dataset: str) -> "Service":
-        """``ReFICR.from_run`` (FileNotFoundError naming the `dvc repro` target when the run is missing), timed."""
+        """``Recommender.load`` (MissingArtifactError naming the `dvc repro` target when the run is missing), timed."""
         start = time.perf_counter()
-        system = ReFICR.from_run(root, dataset)
+        recommender = Recommender.load(root, dataset)
         adapter = Path(root) / "models/reficr"
         manifest = adapter / ADAPTER_MANIFEST
         base = json.loads(manifest.read_text()).get("base_weights_sha256") if manifest.exists() else None
         identity = ModelIdentity(str(adapter), weights_hash(adapter), base)
-        return cls(system, dataset, identity, round(time.perf_counter() - start, 3))
+        return cls(recommender, dataset, identity, round(time.perf_counter() - start, 3))
 
 
 # ----------------------------------------------------------------------------- response records
@@ -178,8 +183,9 @@ def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES, queue_
                          503: {"model": ErrorMessage, "description": "the model stayed busy past the queue timeout, or "
                                                                     "too many requests were already waiting"}})
     def recommend(body: RecommendRequest):  # type: ignore[valid-type]
-        """The recommender's action, candidates (with retrieval scores), knowledge, ranked items and reply for the
-        conversation in ``context`` (sent whole each turn), with per-stage timings. Model calls are serialized."""
+        """The recommender's action, candidates (with their scores), knowledge, ranked items and reply for the
+        conversation in ``context`` (sent whole each turn), with per-stage timings. Items the conversation names are
+        not recommended unless ``include_named``. Model calls are serialized."""
         request_id = uuid.uuid4().hex[:12]
         start = time.perf_counter()
         if not places.acquire(blocking=False):
@@ -192,7 +198,8 @@ def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES, queue_
                 return JSONResponse({"detail": f"the model stayed busy for {queue_timeout_s:.0f} s; try again"}, status_code=503)
             try:
                 context = [u.model_dump() for u in body.context]
-                result = answer_turn(system, context, force_recommend=body.force_recommend, top_k=body.top_k)
+                result = answer_turn(service.recommender, context, force_recommend=body.force_recommend, top_k=body.top_k,
+                                     include_named=body.include_named)
             except Exception:
                 log.exception("%s: the model failed on a %d-utterance context", request_id, len(body.context))
                 return JSONResponse({"detail": "the recommender failed on this request; the server log has the details",

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, Timer, build_system, evaluate
+from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, build_system, evaluate
+from pipeline.timing import Timer
 from pipeline.io import atomic_dir, atomic_path, write_json
 from pipeline import templates
 from pipeline.encoder import SharedTrunk
@@ -27,6 +28,8 @@ from pipeline.trunk import adapter_bottom_layers
 from pipeline.dm_policy import HEAD, SHARES, DMHead, fit_choices
 from pipeline.errors import MissingArtifactError
 from pipeline.catalogue import offset_table, prior_choice, trained_item_side
+from pipeline.fusion import KnowledgeGrid
+from pipeline.knowledge import save_choice
 from pipeline.item_offsets import OffsetChoice, adopted_offsets
 from pipeline.settings import ModelSettings, RecommenderSettings
 from stages._common import ROOT, load_params, setup_logging, user_errors
@@ -79,10 +82,11 @@ def eval_settings(params: dict, dataset: str, offsets: OffsetChoice | None = Non
         prior = prior_choice(pd.read_csv(curve), dataset) if curve.exists() and curve.stat().st_size else None
     return EvalSettings(ev["max_retrieval"][dataset], ev["max_generation"][dataset], ev["max_responses"], ev["max_dm"],
                         params["lengths"]["target"], ev["bootstrap"], params["seed"], params["finetune"]["temperature"],
-                        ev["prior_betas"], ev["max_validation"], prior, ev["max_dm_generation"], where)
+                        ev["prior_betas"], ev["max_validation"], prior, ev["max_dm_generation"], where,
+                        knowledge=KnowledgeGrid(**params["knowledge"]))
 
 
-def write_outputs(dataset: str, result: EvalResult, model: ModelSettings) -> None:
+def write_outputs(dataset: str, result: EvalResult, model: ModelSettings, temperature: float) -> None:
     with atomic_dir(ROOT / "data/eval" / dataset) as out:
         result.predictions.to_parquet(out / "predictions.parquet", index=False)
         result.ranking_outputs.to_parquet(out / "ranking_outputs.parquet", index=False)
@@ -91,6 +95,7 @@ def write_outputs(dataset: str, result: EvalResult, model: ModelSettings) -> Non
             result.dm.to_parquet(out / "dm.parquet", index=False)
         write_json(out / "timing.json", result.timings)  # wall times vary run to run: kept out of the metrics
         result.system.save_run(out, model)
+        save_choice(out, result.knowledge, temperature)
     with atomic_path(ROOT / f"plots/recall_{dataset}.csv") as tmp:
         result.recall_curve.to_csv(tmp, index=False)
     write_json(ROOT / f"metrics/{dataset}.json", result.metrics)
@@ -121,7 +126,7 @@ def main(dataset: str) -> None:
     if data.dm_test is not None:  # how the weight was chosen, beside the test numbers
         result.metrics.update({f"dm.validation.{k}": round(v, 6) if isinstance(v, float) else v
                                for k, v in chosen.items() if k not in ("weight", "prior", "l2")})
-    write_outputs(dataset, result, model)
+    write_outputs(dataset, result, model, params["finetune"]["temperature"])
     log.info("%s: %s", dataset, {k: v for k, v in result.metrics.items() if k.endswith(".full.recall@10.per_item")})
 
 

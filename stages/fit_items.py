@@ -4,8 +4,8 @@ an extension of the paper's model, like the item bias: the catalogue objective's
 
     python -m stages.fit_items redial      # or inspired
 
-The fine-tuned model embeds a seeded sample of ``item_offsets.contexts`` training contexts (Conv2Item queries, every
-training turn's) and the validation split once; one offset vector per item is then learned against the whole
+The training contexts and the validation split come as the fine-tuned model embedded them (Conv2Item queries, stage
+``embed_contexts``: a seeded sample of ``embed.train_contexts`` training turns); one offset vector per item is learned against the whole
 catalogue, added to the item's row of the table fine-tuning scored against (re-normalised), the queries and the item
 bias fixed. The validation split scores the item side with and without them, choosing retrieval+prior's beta again
 for each; the offsets are adopted when retrieval+prior's validation score rises and retrieval's dedup Recall@50 does
@@ -24,29 +24,25 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 from safetensors.numpy import save_file
 
-from pipeline import schemas, templates
+from pipeline import schemas
 from pipeline.baselines import log_counts, training_gold
 from pipeline.catalogue import offset_table, rank_scores, trained_item_side
-from pipeline.encoder import Encoder
+from pipeline.context_embeddings import ContextEmbeddings
 from pipeline.item_offsets import OFFSETS_CHOICE, OFFSETS_FILE, OffsetChoice, fit_offsets, gold_rows, validation_side
 from pipeline.errors import DataError, ParamError
-from pipeline.instructions import cap
 from pipeline.io import atomic_dir, write_json
 from stages._common import ROOT, load_params, setup_logging, user_errors
-from stages._params import lengths, model_settings
 
 log = logging.getLogger("stages.fit_items")
 MODEL = ROOT / "models/reficr"
-CATALOGUE_PAIRS = ROOT / "data/instructions/catalogue_train.parquet"
-VALID_TURNS = ROOT / "data/instructions/turns_valid.parquet"
+CONTEXTS = ROOT / "data/embeddings/reficr"  # stage embed_contexts: the fine-tuned model's training and validation contexts
 
 
 def check_settings(s: dict) -> None:
-    for key, kind in (("contexts", int), ("epochs", int), ("batch_size", int), ("lr", float)):
+    for key, kind in (("epochs", int), ("batch_size", int), ("lr", float)):
         if not isinstance(s[key], (int, float)) or isinstance(s[key], bool) or s[key] < 0 or (kind is int and s[key] != int(s[key])):
             raise ParamError(f"params.yaml: item_offsets.{key} {s[key]!r}; expected a non-negative {kind.__name__}")
     if s["fit"] and (s["epochs"] < 1 or s["batch_size"] < 1 or s["lr"] <= 0):
@@ -54,29 +50,18 @@ def check_settings(s: dict) -> None:
 
 
 def fit(params: dict, dataset: str, table: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, OffsetChoice, dict]:
-    s, ln, temperature = params["item_offsets"], lengths(params), params["finetune"]["temperature"]
+    s, temperature = params["item_offsets"], params["finetune"]["temperature"]
     items = schemas.read_table(ROOT / f"data/interim/{dataset}/items.parquet", schemas.ITEMS)
     row = {item: r for r, item in enumerate(items["item_id"])}
     if len(row) != len(table):
         raise DataError(f"{ROOT / f'data/interim/{dataset}/items.parquet'}: {len(row)} items for an item table of "
                         f"{len(table)} rows; re-run embed_base_items@{dataset}")
-    pairs = pd.read_parquet(CATALOGUE_PAIRS)
-    pairs = cap(pairs[pairs["dataset"] == dataset].drop_duplicates("instance_id"), s["contexts"] or None, params["seed"])
-    valid = pd.read_parquet(VALID_TURNS)
-    valid = cap(valid[valid["dataset"] == dataset], params["eval"]["max_validation"] or None, params["seed"])
-    if pairs.empty or valid.empty:
-        raise DataError(f"{CATALOGUE_PAIRS} / {VALID_TURNS}: no {dataset} training or validation contexts; expected both")
     prior = log_counts(training_gold(schemas.read_table(ROOT / f"data/interim/{dataset}/rec_turns.parquet", schemas.REC_TURNS)),
                        items["item_id"])
-
+    train, valid = (ContextEmbeddings.load(CONTEXTS / dataset, split) for split in ("train", "valid"))
+    q_train, q_valid = train.vectors, valid.vectors
+    pairs, valid = train.contexts, valid.contexts
     started = time.perf_counter()
-    encoder = Encoder(model_settings(params).load(ROOT / "models/base", adapter=MODEL, merge=True), ln.query, ln.document,
-                      params["embed"]["batch_size"])
-    log.info("%s: embedding %d training and %d validation contexts with the fine-tuned model (~0.05-0.2 s each on 2 cores)",
-             dataset, len(pairs), len(valid))
-    q_train = encoder.conversations(pairs["query"].tolist(), templates.CONV2ITEM_QUERY)
-    q_valid = encoder.conversations(valid["query"].tolist(), templates.CONV2ITEM_QUERY)
-    embedded = time.perf_counter()
     gold_train = gold_rows(pairs["gold_item_ids"], row)
     logit_bias = None if bias is None else torch.from_numpy(bias / temperature)  # saved at cosine scale
     log.info("%s: fitting item offsets on %d (context, gold item) pairs, lr %g", dataset, sum(map(len, gold_train)), s["lr"])
@@ -90,8 +75,8 @@ def fit(params: dict, dataset: str, table: np.ndarray, bias: np.ndarray | None) 
     moved = validation_side(rank_scores(q_valid, offset_table(table, offsets), bias) / temperature, prior, full, dedup, betas)
     settings = {"contexts": len(pairs), "pairs": sum(map(len, gold_train)), "validation_contexts": len(valid),
                 "lr": s["lr"], "epochs": s["epochs"], "batch_size": s["batch_size"]}
-    timing = {"embed_s": round(embedded - started, 1), "fit_s": round(fitted - embedded, 1)}
-    log.info("%s: embedding took %.0f s, fitting %.1f s", dataset, timing["embed_s"], timing["fit_s"])
+    timing = {"fit_s": round(fitted - started, 1)}
+    log.info("%s: fitting took %.1f s", dataset, timing["fit_s"])
     return offsets, OffsetChoice.decide(dataset, without, moved, settings), timing
 
 

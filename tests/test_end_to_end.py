@@ -52,8 +52,22 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
                 key = f"{system}.{variant}.recall@10.per_item"
                 assert key in metrics and f"{key}.ci_low" in metrics and f"{key}.n" in metrics, key
         assert "response.ppl.gold_items" in metrics and "response.distinct@2.per_response" in metrics
+        # the collaborative baselines and retrieval+knowledge: settings chosen on validation, paired with every baseline
+        assert metrics["knowledge.validation_n"] > 0
+        assert sum(v for k, v in metrics.items() if k.startswith("knowledge.retrieval+knowledge.weight.")) == pytest.approx(1)
+        assert sum(v for k, v in metrics.items() if k.startswith("knowledge.collaborative_mix.weight.")) == pytest.approx(1)
+        assert "paired.retrieval+knowledge-collaborative_mix.dedup.recall@50.per_item.ci_low" in metrics
+        for system in ("popularity", "collaborative_mix", "retrieval+knowledge"):  # as a product shows them: no named items
+            assert f"{system}.filtered.dedup.recall@10.per_item" in metrics
+            assert not any(k.startswith(f"{system}.filtered.full.") for k in metrics)
         predictions = pd.read_parquet(repo / f"data/eval/{dataset}/predictions.parquet")
         assert {"instance_id", "dialogue_id", "system", "ranked_item_ids", "gold_item_ids", "gold_seen_in_context"} <= set(predictions.columns)
+        # the LLM ranks retrieval+knowledge's candidates: its lists continue in that order after the ranked ones
+        by_system = {name: dict(zip(g.instance_id, g.ranked_item_ids)) for name, g in predictions.groupby("system")}
+        n = params["ranking"]["candidates"]
+        for instance, fused in by_system["retrieval+knowledge@gen"].items():
+            ranked = list(by_system["ranked+knowledge"][instance])
+            assert sorted(ranked[:n]) == sorted(list(fused)[:n]) and ranked[n:50] == list(fused)[n:50]
         sample = predictions[predictions.system == "context_echo"].instance_id.tolist()
         for k in (1, 10):
             assert metrics[f"context_echo.full.recall@{k}.per_item"] == pytest.approx(echo_recall(repo, dataset, sample, k), abs=1e-6)
@@ -61,6 +75,7 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     assert {"dm.accuracy", "dm.majority.accuracy", "dm.majority.micro_f1", "paired.dm-majority.accuracy.ci_low",
             "dm.free_generation.parse_rate", "dm.validation.accuracy"} <= set(redial)
     assert redial["dm.parse_rate"] == 1.0  # the scored choice always names an action the chat can act on
+    assert redial["content_check.n"] + redial["content_check.skipped"] == 16  # requests the slice cannot answer are counted
     validation = json.loads((repo / "metrics/dm_validation.json").read_text())
     sweep = pd.read_csv(repo / "plots/dm_validation.csv")
     v = params["eval"]["dm_validation"]
@@ -97,7 +112,7 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     # dialogue-management validation split also shapes fine-tuning's DM turns
     for key, value, expected in ((("model", "inference_dtype"), "float32",
                                   {"mine_negatives", "embed_base_items@redial", "embed_base_items@inspired", "validate_dm",
-                                   "fit_items@redial", "fit_items@inspired", "evaluate@redial", "evaluate@inspired"}),
+                                   "embed_contexts@redial", "embed_contexts@inspired", "evaluate@redial", "evaluate@inspired"}),
                                  (("eval", "max_retrieval", "redial"), 29, {"evaluate@redial"}),
                                  (("eval", "dm_validation", "weights"), [0, 0.5], {"validate_dm"}),
                                  (("eval", "dm_validation", "fraction"), 0.5, {"finetune", "validate_dm"})):  # tiny: 0.3
@@ -124,10 +139,10 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
     metrics = json.loads((repo / "metrics/redial.json").read_text())
     assert "retrieval+prior.beta" in metrics and "paired.retrieval-popularity.dedup.recall@50.per_item.ci_low" in metrics
     # item offsets fitted after fine-tuning (stage fit_items) on the fixed table, kept only where validation says so
-    params_now = yaml.safe_load((repo / "params.yaml").read_text())["item_offsets"]
+    params_now = yaml.safe_load((repo / "params.yaml").read_text())["embed"]
     for dataset in ("redial", "inspired"):
         choice = json.loads((repo / f"metrics/item_offsets_{dataset}.json").read_text())
-        assert choice["fitted"] and 0 < choice["settings"]["contexts"] <= params_now["contexts"]  # the slices: fewer
+        assert choice["fitted"] and 0 < choice["settings"]["contexts"] <= params_now["train_contexts"]  # the slices: fewer
         assert choice["with_offsets"]["retrieval"]["full"]["n"] == choice["without"]["retrieval"]["full"]["n"] > 0
         assert (repo / f"models/item_offsets/{dataset}/offsets.safetensors").exists()
         evaluated = json.loads((repo / f"metrics/{dataset}.json").read_text())

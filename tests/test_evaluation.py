@@ -14,6 +14,8 @@ def test_registry_names_are_unique_and_paired_systems_are_scored_on_the_same_sam
     assert all(sample[a] == sample[b] == "retrieval" for a, b in PAIRED)
     # the base model's systems come before the fine-tuned model is needed, so it is dropped before that one loads
     assert SYSTEM_NAMES.index("base_embedder") < SYSTEM_NAMES.index("retrieval/no_instruction")
+    # the collaborative baselines share their scores with retrieval+knowledge, which needs the fine-tuned model
+    assert SYSTEM_NAMES.index("base_embedder") < min(SYSTEM_NAMES.index(s) for s in ("co_mention", "collaborative_mix"))
 
 
 def test_top_rows_orders_by_score_then_index():

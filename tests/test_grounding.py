@@ -182,7 +182,7 @@ def test_another_year_needs_the_whole_name_and_no_tag_inside_it():
 
 
 def test_grounding_metrics_count_each_fault_before_and_after_grounding():
-    from pipeline.evaluation import grounding_metrics
+    from pipeline.conversation_eval import grounding_metrics
 
     raws = ["You are an intelligent conversational recommender system. Try <item>Superbad (2007)</item>.",
             "Die Hard (2017) is fun to watch. Die Hard (2017) is fun to watch.",

@@ -4,6 +4,7 @@ a model failure (500 + logged id), concurrent clients, and a schemathesis proper
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
+from pipeline import templates
 from pipeline.base_model import weights_hash
 from pipeline.errors import MissingArtifactError
 
@@ -81,24 +83,45 @@ def test_openapi_documents_the_endpoints_and_the_limits(client):
 
 
 # ----------------------------------------------------------------------------- a turn
-def test_a_forced_turn_is_reficr_turn_with_scores_and_timings(client, tiny_service):
-    system = tiny_service.system
+def test_a_forced_turn_is_the_recommenders_turn_with_scores_and_timings(client, tiny_service):
+    system, recommender = tiny_service.system, tiny_service.recommender
+    assert recommender.scorer is not None and recommender.choice is not None  # evaluate saved retrieval+knowledge's choice
     status, answer = post(client, {"context": SUPERBAD, "force_recommend": True, "top_k": 5})
     assert status == 200, answer
-    expected = system.turn(SUPERBAD, force_recommend=True)  # the library's own turn: same content
+    expected = recommender.turn(SUPERBAD, force_recommend=True)  # the library's own turn: same content
     assert answer["actions"] == expected.actions and answer["dm_output"] == expected.dm_output
     assert [c["item_id"] for c in answer["candidates"]] == expected.candidates[:5]
     assert [r["item_id"] for r in answer["recommended"]] == expected.recommended
     assert answer["knowledge"] == expected.knowledge and answer["ranking_output"] == expected.ranking_output
     assert answer["response"] == expected.response
     assert all(c["title"] == system.title[c["item_id"]] for c in answer["candidates"] + answer["recommended"])
-    # each score is the item's retrieval score (what Conv2Item ranks by), best first
-    scores = system.item_scores([system.render(SUPERBAD)])[0]
+    # each score is the item's retrieval+knowledge score (what the candidates are ranked by), best first
+    text = system.render(SUPERBAD)
+    vector = system.encoder.conversations([text], templates.CONV2ITEM_QUERY)
+    scores = recommender.scores(text, recommender.named(SUPERBAD), vector)
     row = {item: i for i, item in enumerate(system.corpus.item_ids)}
     assert [c["score"] for c in answer["candidates"]] == pytest.approx([float(scores[row[c["item_id"]]]) for c in answer["candidates"]], abs=1e-5)
     assert all(a["score"] >= b["score"] - 1e-5 for a, b in zip(answer["candidates"], answer["candidates"][1:]))
     assert set(answer["timings_ms"]) == {"dm", "retrieve", "knowledge", "rank", "respond"}
     assert all(v > 0 for v in answer["timings_ms"].values())
+
+
+def test_items_the_conversation_names_are_not_recommended_unless_asked_for(client, tiny_service, monkeypatch):
+    """With popularity alone deciding, the most popular item heads the candidates; named in the conversation, it is
+    left out by default and kept with ``include_named`` (the service and the library's turn alike)."""
+    recommender = tiny_service.recommender
+    monkeypatch.setattr(recommender, "choice", dataclasses.replace(recommender.choice, fusion_weights={"popularity": 1.0}))
+    top = recommender.system.corpus.item_ids[int(recommender.scorer.popularity.argmax())]
+    context = [{"speaker": "seeker", "text": f"I loved {recommender.system.title[top]}. Anything like it?"}]
+    assert recommender.named(context) == [top]
+    kept = recommender.turn(context, force_recommend=True, include_named=True)
+    assert kept.candidates[0] == top
+    default = recommender.turn(context, force_recommend=True)
+    assert top not in default.candidates and top not in default.recommended and default.candidates == kept.candidates[1:] + default.candidates[-1:]
+    for body, present in (({"context": context, "force_recommend": True}, False),
+                          ({"context": context, "force_recommend": True, "include_named": True}, True)):
+        status, answer = post(client, body)
+        assert status == 200 and (top in [c["item_id"] for c in answer["candidates"]]) == present, answer
 
 
 def test_reficr_recommend_writes_what_the_service_answers(client, tiny_run, tmp_path):
