@@ -62,7 +62,8 @@ def mixture(parts: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarr
 # ----------------------------------------------------------------------------- choosing on validation
 def gold_ranks(scores: np.ndarray, gold_rows: Sequence[Sequence[int]]) -> np.ndarray:
     """0-based rank of each (query, gold item) pair in its query's row, ties counted against the gold item
-    (pessimistic): the number of items scoring at least as high, other than itself."""
+    (pessimistic): the number of items scoring at least as high, other than itself. One row of scores serves every query."""
+    scores = np.broadcast_to(scores, (len(gold_rows), scores.shape[-1]))
     ranks = []
     for row, gold in zip(scores, gold_rows):
         for g in gold:

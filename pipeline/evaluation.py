@@ -173,9 +173,9 @@ class EvalRun:
             return KnowledgeScorer.from_tables(self.data.items, self.data.dialogues, self.data.train_all, self.data.contexts["train"],
                                                self.data.train_gold)
 
-    def queries(self, frame: pd.DataFrame, vectors: np.ndarray, llm: bool = True) -> Queries:
-        """``frame``'s contexts as the scorer reads them (with ReFICR's query vectors and retrieval logits)."""
-        logits = self.reficr.corpus.scores(vectors) / self.settings.temperature if llm else None
+    def queries(self, frame: pd.DataFrame, vectors: np.ndarray) -> Queries:
+        """``frame``'s contexts as the scorer reads them, with ReFICR's query vectors and retrieval logits."""
+        logits = self.reficr.corpus.scores(vectors) / self.settings.temperature
         return Queries(frame["query"].tolist(), context_items(self.data.dialogues, frame.instance_id.tolist()), vectors, logits)
 
     @cached_property

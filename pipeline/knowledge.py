@@ -95,15 +95,16 @@ class Recommender:
     def load(cls, root: str | Path, dataset: str) -> "Recommender":
         root = Path(root)
         system = ReFICR.from_run(root, dataset)
-        items = schemas.read_table(root / f"data/interim/{dataset}/items.parquet", schemas.ITEMS)
-        rec_turns = schemas.read_table(root / f"data/interim/{dataset}/rec_turns.parquet", schemas.REC_TURNS)
         saved = root / "data/eval" / dataset / KNOWLEDGE_FILE
         scorer = choice = None
         temperature = 1.0
         if saved.exists():
             data = json.loads(saved.read_text())
             choice, temperature = KnowledgeChoice.from_json(data["choice"]), float(data["temperature"])
-            dialogues = schemas.read_table(root / f"data/interim/{dataset}/dialogues.parquet", schemas.DIALOGUES)
+            interim = root / "data/interim" / dataset
+            items = schemas.read_table(interim / "items.parquet", schemas.ITEMS)
+            dialogues = schemas.read_table(interim / "dialogues.parquet", schemas.DIALOGUES)
+            rec_turns = schemas.read_table(interim / "rec_turns.parquet", schemas.REC_TURNS)
             pairs = root / "data/instructions/catalogue_train.parquet"
             if not pairs.exists():
                 raise MissingArtifactError(f"{pairs}: not found; `dvc repro build_instructions` makes it")

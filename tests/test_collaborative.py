@@ -63,6 +63,7 @@ def test_gold_ranks_count_ties_against_the_gold_item_and_the_score_is_the_mean_r
     assert gold_ranks(scores, [[2, 1]]).tolist() == [2, 0]  # item 2 ties with item 3: counted behind it
     assert validation_score(scores, [[2, 1]], cutoffs=(1, 3)) == pytest.approx((0.5 + 1.0) / 2)
     assert math.isnan(validation_score(scores, [[]]))
+    assert gold_ranks(scores, [[2], [1]]).tolist() == [2, 0]  # one row of scores (popularity) serves every query
 
 
 def test_the_weight_grid_covers_the_simplex_and_the_best_weights_win():
