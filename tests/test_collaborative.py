@@ -139,3 +139,27 @@ def test_content_check_helpers():
     kept, named = answerable(REQUESTS, titles, [{"comedy"}, {"horror"}])
     assert all(r.genre in ("comedy", "horror") for r in kept) and ["r:1", "r:2"] in named
     assert not any(r.titles and r.titles != ("Superbad (2007)", "The Hangover (2009)") for r in kept)
+
+
+def test_context_embeddings_round_trip_and_say_which_stage_makes_them(tmp_path):
+    from pipeline.context_embeddings import ContextEmbeddings, training_contexts
+    from pipeline.errors import DataError, MissingArtifactError
+
+    pairs = pd.DataFrame({"instance_id": ["d1#1", "d1#1", "d2#3", "d3#1"], "dialogue_id": ["d1", "d1", "d2", "d3"],
+                          "query": ["q1", "q1", "q2", "q3"], "gold_item_ids": [["a", "b"], ["a", "b"], ["c"], ["d"]]})
+    turns = training_contexts(pairs, 0, seed=0)
+    assert turns.instance_id.tolist() == ["d1#1", "d2#3", "d3#1"]  # one row per turn, every turn
+    assert turns.gold_seen_in_context.tolist() == [[False, False], [False], [False]]
+    sample = training_contexts(pairs, 2, seed=0)
+    assert len(sample) == 2 and sample.instance_id.tolist() == training_contexts(pairs, 2, seed=0).instance_id.tolist()
+    folder = tmp_path / "redial"
+    folder.mkdir()
+    with pytest.raises(MissingArtifactError, match=r"dvc repro embed_contexts@redial"):
+        ContextEmbeddings.load(folder, "train")
+    vectors = np.arange(6, dtype=np.float32).reshape(3, 2)
+    ContextEmbeddings(turns, vectors).save(folder, "train")
+    back = ContextEmbeddings.load(folder, "train")
+    assert back.vectors.tolist() == vectors.tolist() and back.contexts.instance_id.tolist() == turns.instance_id.tolist()
+    assert [list(g) for g in back.contexts.gold_item_ids] == [["a", "b"], ["c"], ["d"]]
+    with pytest.raises(DataError, match="one row each"):
+        ContextEmbeddings(turns, vectors[:2])
