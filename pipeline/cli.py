@@ -172,7 +172,7 @@ def chat(dataset: str = typer.Option("redial", help="redial | inspired"),
         turn = answer_turn(recommender, context, force_recommend=force_recommend, include_named=include_named)
         typer.echo(f"  [action] {', '.join(turn.actions) or '(none parsed)'}")
         if turn.candidates:
-            typer.echo(f"  [candidates] {', '.join(f'{c.title} ({c.score:.3f})' for c in turn.candidates)}")
+            typer.echo(f"  [candidates] {', '.join(f'{c.title} ({c.score:.3g})' for c in turn.candidates)}")
             typer.echo(f"  [knowledge] {turn.knowledge.splitlines()[0]}")
             typer.echo(f"  [ranking] {', '.join(r.title for r in turn.recommended)}")
         typer.echo(f"  [ms] {', '.join(f'{k} {v:.0f}' for k, v in turn.timings_ms.model_dump().items() if v)}")
