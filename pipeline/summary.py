@@ -105,9 +105,9 @@ def published_table(m: dict) -> list[str]:
         return []
     lines = ["## ReDial beside the published figures (dedup instance set, Recall per item)", "",
              "Published: Kostric & Balog, SIGIR 2026, the standardised ReDial test set, systems trained on the full ReDial "
-             "training split (10,006 dialogues). Ours: the same test instances, trained on the "
-             f"{m.get('knowledge.train_dialogues', '?')} training dialogues the data mirror holds; the best ReFICR system and the "
-             "best baseline of the table below (by dedup R@50).", "",
+             "training split (10,006 dialogues). Ours: the same test instances, trained on "
+             f"{m.get('knowledge.train_dialogues', '?')} training dialogues (the data mirror's, less the validation split); the best "
+             "ReFICR system and the best baseline of the table below (by dedup R@50).", "",
              "| system | source | R@1 | R@10 | R@50 |", "| --- | --- | ---: | ---: | ---: |"]
     lines += [f"| {name} | published | {r1:.3f} | {r10:.3f} | {r50:.3f} |" for name, r1, r10, r50 in PUBLISHED]
     for name in ours:
