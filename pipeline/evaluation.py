@@ -334,13 +334,18 @@ def filtered_metrics(run: EvalRun, lists: dict[str, dict[str, list[str]]]) -> di
     """``FILTERED`` systems scored as a product shows their lists, the items the context names left out:
     ``<system>.filtered.dedup.*`` (dedup gold only: a gold item named earlier cannot be recommended)."""
     named = dict(zip(run.retr.instance_id, map(set, context_items(run.data.dialogues, run.retr.instance_id.tolist()))))
-    k, out = run.recommender.top_k, {}
-    instances = _instances(run.retr)
+    instances, out = _instances(run.retr), {}
     for name in FILTERED:
-        kept = {i: [x for x in lst if x not in named[i]][:k] for i, lst in lists[name].items()}
-        scored = recommendation_metrics(kept, instances, f"{name}.filtered", bootstrap=run.settings.bootstrap, seed=run.settings.seed)
-        out.update({key: v for key, v in scored.items() if ".dedup." in key})
+        out.update(without_named(lists[name], named, instances, run.recommender.top_k, name, run.settings.bootstrap, run.settings.seed))
     return out
+
+
+def without_named(lists: dict[str, list[str]], named: dict[str, set[str]], instances: list[Instance], k: int, name: str,
+                  bootstrap: int, seed: int) -> dict[str, float]:
+    """``<name>.filtered.dedup.*``: each list without the items its context names, cut to ``k``, on the dedup gold."""
+    kept = {i: [x for x in lst if x not in named[i]][:k] for i, lst in lists.items()}
+    scored = recommendation_metrics(kept, instances, f"{name}.filtered", bootstrap=bootstrap, seed=seed)
+    return {key: v for key, v in scored.items() if ".dedup." in key}
 
 
 def evaluate(run: EvalRun) -> EvalResult:

@@ -98,3 +98,17 @@ def test_the_evaluate_stage_takes_the_dm_prior_and_weight_validate_dm_chose(tmp_
     assert head["choices"] == settings.dm_choices and head["l2"] == 0.01 and "last:please" in head["vocabulary"]
     monkeypatch.setattr(stage, "ROOT", tmp_path)
     assert stage.eval_settings(params, "redial").max_dm_generation == params["eval"]["max_dm_generation"]
+
+
+def test_a_list_without_the_named_items_is_scored_on_the_dedup_gold_by_hand():
+    from pipeline.evaluation import without_named
+    from pipeline.metrics import Instance
+
+    lists = {"a": ["x", "g1", "y"], "b": ["y", "z", "g2"]}
+    named = {"a": {"x"}, "b": set()}
+    instances = [Instance("a", "d1", ["g1", "x"], [False, True]), Instance("b", "d2", ["g2"], [False])]
+    out = without_named(lists, named, instances, 2, "sys", bootstrap=10, seed=0)
+    # a: [g1, y] finds g1 at rank 1 (x, named and seen, is neither kept nor gold); b: [y, z] misses g2 within k = 2
+    assert out["sys.filtered.dedup.recall@1.per_item"] == 0.5 and out["sys.filtered.dedup.recall@10.per_item"] == 0.5
+    assert out["sys.filtered.dedup.recall@1.per_item.n"] == 2
+    assert not any(".full." in key for key in out)
