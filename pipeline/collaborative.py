@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
+
+from pipeline.item_offsets import gold_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,17 @@ def mixture(parts: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarr
     return out
 
 
+def top_without(scores: np.ndarray, item_ids: Sequence[str], left_out, k: int) -> list[str]:
+    """The ``k`` best-scoring items (ties: catalogue order) that are not in ``left_out``."""
+    skip = set(left_out)
+    return [item_ids[i] for i in np.argsort(-scores, kind="stable") if item_ids[i] not in skip][:k]
+
+
 # ----------------------------------------------------------------------------- choosing on validation
 def gold_ranks(scores: np.ndarray, gold_rows: Sequence[Sequence[int]]) -> np.ndarray:
     """0-based rank of each (query, gold item) pair in its query's row, ties counted against the gold item
-    (pessimistic): the number of items scoring at least as high, other than itself. One row of scores serves every query."""
+    (pessimistic): the number of items scoring at least as high, other than itself. One row of scores serves every query.
+    A comparison per row, not a sort (``catalogue.recall_per_item`` sorts each row: too slow for a grid of weights)."""
     scores = np.broadcast_to(scores, (len(gold_rows), scores.shape[-1]))
     ranks = []
     for row, gold in zip(scores, gold_rows):
@@ -106,24 +115,21 @@ def choose_weights(parts: dict[str, np.ndarray], gold_rows: Sequence[Sequence[in
 
 @dataclass
 class SettingChoice:
-    """One setting chosen among several on validation, with every setting's score."""
+    """One setting chosen among several on validation, and its score."""
 
     chosen: object
     score: float
-    tried: dict[str, float] = field(default_factory=dict)
 
 
 def choose_setting(settings: Sequence, scores_for: Callable[[object], np.ndarray], gold_rows: Sequence[Sequence[int]],
                    tiebreak: np.ndarray) -> SettingChoice:
     """The setting whose scores (plus ``tiebreak``, a small per-item row) score best on validation; ties: the first."""
-    tried: dict[str, float] = {}
     best, best_score = settings[0], -1.0
     for setting in settings:
         score = validation_score(scores_for(setting) + tiebreak, gold_rows)
-        tried[str(setting)] = round(score, 6)
         if score > best_score + 1e-12:
             best, best_score = setting, score
-    return SettingChoice(best, best_score, tried)
+    return SettingChoice(best, best_score)
 
 
 # ----------------------------------------------------------------------------- item co-mention
@@ -182,16 +188,26 @@ def item_tokens(items: Sequence[str]) -> str:
     return " ".join("item_" + "".join(ch if ch.isalnum() else "_" for ch in i) for i in items)
 
 
-class ConversationKNN:
+class NeighbourVote:
+    """Training contexts with their gold items (as catalogue rows): the neighbours that vote (``neighbour_votes``)."""
+
+    def __init__(self, gold: Sequence[Sequence[str]], item_ids: Sequence[str]):
+        self.row = {item: r for r, item in enumerate(item_ids)}
+        self.gold_rows = gold_rows(gold, self.row)
+
+    def scores(self, similarity: np.ndarray, neighbours: int, power: float = 1.0) -> np.ndarray:
+        return neighbour_votes(similarity, self.gold_rows, len(self.row), neighbours, power)
+
+
+class ConversationKNN(NeighbourVote):
     """The gold items of the most similar training contexts, similarity = cosine of TF-IDF vectors (sublinear term
     frequency, English stop words kept out) of the context's words plus ``item_tokens`` of the items it names."""
 
     def __init__(self, texts: Sequence[str], context_items: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
                  item_ids: Sequence[str]):
-        self.row = {item: r for r, item in enumerate(item_ids)}
+        super().__init__(gold, item_ids)
         self.vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english", dtype=np.float32)
         self.train = self.vectorizer.fit_transform([self.document(t, c) for t, c in zip(texts, context_items)])
-        self.gold_rows = [[self.row[g] for g in gs if g in self.row] for gs in gold]
 
     @staticmethod
     def document(text: str, items: Sequence[str]) -> str:
@@ -201,20 +217,13 @@ class ConversationKNN:
         query = self.vectorizer.transform([self.document(t, c) for t, c in zip(texts, context_items)])
         return np.asarray((query @ self.train.T).todense(), dtype=np.float32)
 
-    def scores(self, similarity: np.ndarray, neighbours: int, power: float = 1.0) -> np.ndarray:
-        return neighbour_votes(similarity, self.gold_rows, len(self.row), neighbours, power)
 
-
-class EmbeddingKNN:
+class EmbeddingKNN(NeighbourVote):
     """The neighbour vote of ``ConversationKNN`` with similarity = inner product of L2-normalised embeddings."""
 
     def __init__(self, vectors: np.ndarray, gold: Sequence[Sequence[str]], item_ids: Sequence[str]):
+        super().__init__(gold, item_ids)
         self.vectors = np.asarray(vectors, dtype=np.float32)
-        self.row = {item: r for r, item in enumerate(item_ids)}
-        self.gold_rows = [[self.row[g] for g in gs if g in self.row] for gs in gold]
 
     def similarity(self, query_vectors: np.ndarray) -> np.ndarray:
         return np.asarray(query_vectors, dtype=np.float32) @ self.vectors.T
-
-    def scores(self, similarity: np.ndarray, neighbours: int, power: float = 1.0) -> np.ndarray:
-        return neighbour_votes(similarity, self.gold_rows, len(self.row), neighbours, power)

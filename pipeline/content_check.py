@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import templates
+from pipeline.collaborative import top_without
 from pipeline.fusion import KnowledgeChoice, KnowledgeScorer, Queries
 from pipeline.recommender import ReFICR
 
@@ -64,11 +65,6 @@ def answerable(requests, titles: dict[str, str], genres: list[set[str]]) -> tupl
     return kept, [[by_title[t] for t in r.titles] for r in kept]
 
 
-def top_without(scores: np.ndarray, item_ids: list[str], named: list[str], k: int = TOP) -> list[str]:
-    order = np.argsort(-scores, kind="stable")
-    return [item_ids[i] for i in order if item_ids[i] not in named][:k]
-
-
 def content_check(system: ReFICR, scorer: KnowledgeScorer, choice: KnowledgeChoice, temperature: float, items: pd.DataFrame,
                   requests=REQUESTS) -> dict[str, float]:
     """``content_check.<system>.genre_precision@10`` for popularity, pure Conv2Item ``retrieval`` and
@@ -85,9 +81,9 @@ def content_check(system: ReFICR, scorer: KnowledgeScorer, choice: KnowledgeChoi
     vectors = system.encoder.conversations(texts, templates.CONV2ITEM_QUERY)
     queries = Queries(texts, named, vectors, system.corpus.scores(vectors) / temperature)
     fused = scorer.scores(queries, choice.fusion_weights, choice)
-    lists = {"popularity": [top_without(scorer.popularity, scorer.item_ids, n) for n in named],
-             "retrieval": [top_without(row, scorer.item_ids, n) for row, n in zip(queries.retrieval_logits, named)],
-             "retrieval+knowledge": [top_without(row, scorer.item_ids, n) for row, n in zip(fused, named)]}
+    lists = {"popularity": [top_without(scorer.popularity, scorer.item_ids, n, TOP) for n in named],
+             "retrieval": [top_without(row, scorer.item_ids, n, TOP) for row, n in zip(queries.retrieval_logits, named)],
+             "retrieval+knowledge": [top_without(row, scorer.item_ids, n, TOP) for row, n in zip(fused, named)]}
     out: dict[str, float] = {"content_check.n": len(requests), "content_check.skipped": asked - len(requests)}
     for name, tops in lists.items():
         out[f"content_check.{name}.genre_precision@{TOP}"] = float(np.mean(

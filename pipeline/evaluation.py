@@ -23,6 +23,7 @@ from pipeline import schemas, templates
 from pipeline.baselines import BM25Retriever, context_echo, log_counts, popularity_ranking, training_gold
 from pipeline.data.items import item_titles
 from pipeline.instructions import cap
+from pipeline.item_offsets import gold_rows
 from pipeline.content_check import content_check
 from pipeline.context_embeddings import ContextEmbeddings
 from pipeline.conversation_eval import dialogue_management, response_metrics
@@ -173,10 +174,15 @@ class EvalRun:
             return KnowledgeScorer.from_tables(self.data.items, self.data.dialogues, self.data.train_all, self.data.contexts["train"],
                                                self.data.train_gold)
 
-    def queries(self, frame: pd.DataFrame, vectors: np.ndarray) -> Queries:
-        """``frame``'s contexts as the scorer reads them, with ReFICR's query vectors and retrieval logits."""
-        logits = self.reficr.corpus.scores(vectors) / self.settings.temperature
-        return Queries(frame["query"].tolist(), context_items(self.data.dialogues, frame.instance_id.tolist()), vectors, logits)
+    def queries(self, frame: pd.DataFrame, vectors: np.ndarray, named: list[list[str]]) -> Queries:
+        """``frame``'s contexts as the scorer reads them (``named``: the items each names), with ReFICR's query
+        vectors and retrieval logits."""
+        return Queries(frame["query"].tolist(), named, vectors, self.reficr.corpus.scores(vectors) / self.settings.temperature)
+
+    @cached_property
+    def named(self) -> list[list[str]]:
+        """The items each context of the retrieval sample names (co-mention; what a product leaves out)."""
+        return context_items(self.data.dialogues, self.retr.instance_id.tolist())
 
     @cached_property
     def knowledge_choice(self) -> KnowledgeChoice:
@@ -184,13 +190,14 @@ class EvalRun:
         valid = self.data.contexts["valid"]
         frame = self.data.turns_valid.set_index("instance_id").loc[valid.contexts.instance_id].reset_index()
         with self.timer("collaborative signals and retrieval+knowledge: choose on the validation split"):
-            return self.scorer.choose(self.queries(frame, valid.vectors),
-                                      self.scorer.gold_rows(frame.gold_item_ids, frame.gold_seen_in_context), self.settings.knowledge)
+            named = context_items(self.data.dialogues, frame.instance_id.tolist())
+            return self.scorer.choose(self.queries(frame, valid.vectors, named),
+                                      gold_rows(frame.gold_item_ids, self.scorer.row, frame.gold_seen_in_context), self.settings.knowledge)
 
     @cached_property
     def test_parts(self) -> dict[str, np.ndarray]:
         with self.timer("collaborative signals and retrieval+knowledge on the retrieval sample"):
-            return self.scorer.parts(self.queries(self.retr, self.query_vectors), self.knowledge_choice)
+            return self.scorer.parts(self.queries(self.retr, self.query_vectors, self.named), self.knowledge_choice)
 
     def knowledge_lists(self, weights: dict[str, float]) -> list[list[str]]:
         """The mixture ``weights`` of the test parts, ``LONG_LIST`` times top_k items per instance (so that a list
@@ -333,7 +340,7 @@ def _instances(frame: pd.DataFrame) -> list[Instance]:
 def filtered_metrics(run: EvalRun, lists: dict[str, dict[str, list[str]]]) -> dict[str, float]:
     """``FILTERED`` systems scored as a product shows their lists, the items the context names left out:
     ``<system>.filtered.dedup.*`` (dedup gold only: a gold item named earlier cannot be recommended)."""
-    named = dict(zip(run.retr.instance_id, map(set, context_items(run.data.dialogues, run.retr.instance_id.tolist()))))
+    named = dict(zip(run.retr.instance_id, map(set, run.named)))
     instances, out = _instances(run.retr), {}
     for name in FILTERED:
         out.update(without_named(lists[name], named, instances, run.recommender.top_k, name, run.settings.bootstrap, run.settings.seed))

@@ -138,11 +138,6 @@ class KnowledgeScorer:
                    [] if encoder_contexts is None else [list(g) for g in encoder_contexts.contexts["gold_item_ids"]],
                    item_counts(train_gold, ids))
 
-    def gold_rows(self, gold: Sequence[Sequence[str]], seen: Sequence[Sequence[bool]] | None = None) -> list[list[int]]:
-        """Gold items as catalogue rows; with ``seen``, only those not named earlier (the dedup cut)."""
-        seen = seen if seen is not None else [[False] * len(g) for g in gold]
-        return [[self.row[g] for g, s in zip(gs, ss) if g in self.row and not s] for gs, ss in zip(gold, seen)]
-
     def parts(self, queries: Queries, choice: KnowledgeChoice, names: Sequence[str] = SIGNALS) -> dict[str, np.ndarray]:
         """Each named signal's distribution over the catalogue per query at the chosen settings."""
         out: dict[str, np.ndarray] = {"popularity": self.popularity[None, :]}

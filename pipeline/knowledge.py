@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline import schemas, templates
 from pipeline.baselines import training_gold
+from pipeline.collaborative import top_without
 from pipeline.context_embeddings import ContextEmbeddings
 from pipeline.errors import MissingArtifactError
 from pipeline.fusion import KnowledgeChoice, KnowledgeScorer, Queries, every_training_turn
@@ -140,9 +141,8 @@ class Recommender:
                 query = system.encoder.conversations([text], templates.CONV2ITEM_QUERY)
                 named = self.named(context)
                 all_scores = self.scores(text, named, query)
-                skip = set() if include_named else set(named)
                 ids = system.corpus.item_ids
-                retrieved = [ids[i] for i in np.argsort(-all_scores, kind="stable") if ids[i] not in skip][: s.top_k]
+                retrieved = top_without(all_scores, ids, [] if include_named else named, s.top_k)
             with timed("knowledge"):
                 knowledge = system.knowledge([text], [""])[0]
             with timed("rank"):

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from pipeline.collaborative import (CoMention, ConversationKNN, as_distribution, choose_weights, gold_ranks, mixture,
-                                    neighbour_votes, popularity_distribution, simplex_grid, softmax_rows, validation_score)
-from pipeline.content_check import REQUESTS, answerable, item_genres, top_without
+                                    neighbour_votes, popularity_distribution, simplex_grid, softmax_rows, top_without,
+                                    validation_score)
+from pipeline.content_check import REQUESTS, answerable, item_genres
 from pipeline.fusion import KnowledgeChoice, KnowledgeGrid, KnowledgeScorer, Queries, context_items
 from pipeline.knowledge import MentionLinker
 
