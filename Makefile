@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-done
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test bench chromium serve clean
+.PHONY: setup run test lint bench chromium serve clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,12 @@ $(STAMP): pyproject.toml
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: setup chromium
+test: setup chromium lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# ruff (config in pyproject.toml: pyflakes, pycodestyle, import order; line length 120)
+lint: setup
+	$(BIN)/ruff check .
 
 # The browser test (tests/test_serve_browser.py) drives Debian's chromium with playwright, which then downloads
 # no browser of its own. Installed only when missing, and only where we may (root, as in CI); elsewhere the

@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.model import RetrievableLM  # noqa: E402
+from pipeline.model.lm import RetrievableLM
 
 INSTRUCTION = ""  # sentence-transformers gets no instruction either
 

@@ -29,8 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.base_model import convert_base_model  # noqa: E402
-from pipeline.model import LoraSettings, RetrievableLM  # noqa: E402
+from pipeline.model.base_model import convert_base_model
+from pipeline.model.lm import LoraSettings, RetrievableLM
 
 QUERY = "Retrieve relevant items based on user conversation history"
 ITEM = "Represent the item for retrieval"
@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--out", default="gpu_check.json")
     args = parser.parse_args()
     report: dict = {"torch": torch.__version__}
-    import transformers, peft  # noqa: E401
+    import peft
+    import transformers  # noqa: E401
 
     report["transformers"], report["peft"] = transformers.__version__, peft.__version__
     if torch.cuda.is_available():

@@ -3,7 +3,7 @@ objectives and the cheaper settings of issue 10 (LoRA on the top layers, a cache
 
     python bench/train_step.py --out bench/results-train-step.json        # needs data/instructions + models/base
 
-Every row runs the pipeline's own objective (``pipeline.objectives``) and optimizer step on real instruction rows
+Every row runs the pipeline's own objective (``pipeline.training.objectives``) and optimizer step on real instruction rows
 (ReDial + INSPIRED Conv2Item/Conv2Conv pairs, DM and response targets) with the small model: 1 untimed step, then
 the median of ``--steps`` timed steps. Timing only: the mined negatives are random catalogue items and the item
 table is random unit vectors of the catalogue's real shape (what a step costs does not depend on which items they
@@ -29,12 +29,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.catalogue import catalogue_tasks  # noqa: E402
-from pipeline.hardware import cpu_flags, fast_bfloat16  # noqa: E402
-from pipeline.model import LoraSettings, RetrievableLM  # noqa: E402
-from pipeline.objectives import FinetuneObjective, WarmupObjective, finetune_tasks, warmup_tasks  # noqa: E402
-from pipeline.settings import Lengths  # noqa: E402
-from pipeline.training import TrainConfig, TrainLoop  # noqa: E402
+from pipeline.hardware import cpu_flags, fast_bfloat16
+from pipeline.model.lm import LoraSettings, RetrievableLM
+from pipeline.model.settings import Lengths
+from pipeline.training.catalogue import catalogue_tasks
+from pipeline.training.loop import TrainConfig, TrainLoop
+from pipeline.training.objectives import FinetuneObjective, WarmupObjective, finetune_tasks, warmup_tasks
 
 LENGTHS = Lengths(query=96, document=64, prompt=384, target=96)  # the small profile's
 DATASETS = ("redial", "inspired")

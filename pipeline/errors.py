@@ -38,6 +38,10 @@ class ParamError(ReficrError, ValueError):
     """A setting in params.yaml (or a profile) that is not allowed."""
 
 
+class CudaRequiredError(ParamError, RuntimeError):
+    """A CUDA-only setting was asked for on a machine without CUDA."""
+
+
 def debug() -> bool:
     return os.environ.get("REFICR_DEBUG", "") not in ("", "0")
 

@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-from pipeline.base_model import convert_base_model
-from stages._common import ROOT, load_params, setup_logging, user_errors
+from pipeline.model.base_model import convert_base_model
+from stages.common import ROOT, load_params, setup_logging, user_errors
 
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("base_model")
     convert_base_model(params["model"]["preset"], ROOT / "models/base", params["model"].get("path") or "")
 
 

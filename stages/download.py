@@ -12,14 +12,14 @@ import logging
 import os
 
 from pipeline.data.download import fetch_raw
-from stages._common import ROOT, load_params, setup_logging, user_errors
+from stages.common import ROOT, load_params, setup_logging, user_errors
 
 log = logging.getLogger("stages.download")
 
 
 def main() -> None:
     setup_logging()
-    data = load_params()["data"]
+    data = load_params("download")["data"]
     manifest = ROOT / data["manifest"] if data.get("manifest") else None
     summary = fetch_raw(data["datasets"], ROOT / "data/raw", os.environ.get("REFICR_DATA_MIRROR") or None,
                         data["download_timeout_s"], manifest)

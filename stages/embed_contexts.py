@@ -1,6 +1,6 @@
 """DVC stage `embed_contexts@<dataset>`: the fine-tuned model's Conv2Item query embeddings of a seeded sample of
 ``embed.train_contexts`` training contexts (0 = all) and of the validation split (``eval.max_validation``, 0 = all),
-computed once for ``fit_items`` and ``evaluate`` (``pipeline.context_embeddings``). The test split is not read.
+computed once for ``fit_items`` and ``evaluate`` (``pipeline.retrieval.context_embeddings``). The test split is not read.
 
     python -m stages.embed_contexts redial      # or inspired
 
@@ -14,14 +14,14 @@ import sys
 
 import pandas as pd
 
-from pipeline import templates
-from pipeline.context_embeddings import ContextEmbeddings, training_contexts
-from pipeline.encoder import Encoder
+from pipeline.data.splits import seeded_sample
 from pipeline.errors import DataError, ParamError
-from pipeline.instructions import cap
 from pipeline.io import atomic_dir
-from stages._common import ROOT, load_params, setup_logging, user_errors
-from stages._params import lengths, model_settings
+from pipeline.model.encoder import Encoder
+from pipeline.retrieval.context_embeddings import ContextEmbeddings, training_contexts
+from pipeline.tasks import templates
+from stages.common import ROOT, load_params, setup_logging, user_errors
+from stages.settings import lengths, model_settings
 
 log = logging.getLogger("stages.embed_contexts")
 CATALOGUE_PAIRS = ROOT / "data/instructions/catalogue_train.parquet"
@@ -30,14 +30,14 @@ VALID_TURNS = ROOT / "data/instructions/turns_valid.parquet"
 
 def main(dataset: str) -> None:
     setup_logging()
-    params = load_params()
+    params = load_params(f"embed_contexts@{dataset}")
     limit = params["embed"]["train_contexts"]
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise ParamError(f"params.yaml: embed.train_contexts {limit!r}; expected a non-negative int (0 = all)")
     pairs = pd.read_parquet(CATALOGUE_PAIRS)
     train = training_contexts(pairs[pairs["dataset"] == dataset], limit, params["seed"])
     valid = pd.read_parquet(VALID_TURNS)
-    valid = cap(valid[valid["dataset"] == dataset], params["eval"]["max_validation"] or None, params["seed"])
+    valid = seeded_sample(valid[valid["dataset"] == dataset], params["eval"]["max_validation"] or None, params["seed"])
     if train.empty or valid.empty:
         raise DataError(f"{CATALOGUE_PAIRS} / {VALID_TURNS}: no {dataset} training or validation contexts; expected both")
     ln = lengths(params)

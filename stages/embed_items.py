@@ -11,18 +11,18 @@ import sys
 
 import numpy as np
 
-from pipeline import schemas
+from pipeline.data import schemas
 from pipeline.io import atomic_path
-from pipeline.encoder import Encoder
-from stages._common import ROOT, load_params, setup_logging, user_errors
-from stages._params import lengths, model_settings
+from pipeline.model.encoder import Encoder
+from stages.common import ROOT, load_params, setup_logging, user_errors
+from stages.settings import lengths, model_settings
 
 log = logging.getLogger("stages.embed_items")
 
 
 def main(dataset: str) -> None:
     setup_logging()
-    params = load_params()
+    params = load_params(f"embed_base_items@{dataset}")
     items = schemas.read_table(ROOT / f"data/interim/{dataset}/items.parquet", schemas.ITEMS)
     ln = lengths(params)
     encoder = Encoder(model_settings(params).load(ROOT / "models/base"), ln.query, ln.document, params["embed"]["batch_size"])

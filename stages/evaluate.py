@@ -1,5 +1,5 @@
-"""DVC stage `evaluate@<dataset>`: the evaluation protocol of EVALUATION.md on the test split
-(``pipeline.evaluation``: the registry of systems, the samples, the metrics).
+"""DVC stage `evaluate@<dataset>`: the evaluation protocol on the test split
+(``pipeline.evaluation.protocol``: the registry of systems, the samples, the metrics).
 
     python -m stages.evaluate redial      # or inspired
 
@@ -19,21 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation import EvalData, EvalResult, EvalRun, EvalSettings, build_system, evaluate
-from pipeline.timing import Timer
-from pipeline.io import atomic_dir, atomic_path, write_json
-from pipeline import templates
-from pipeline.encoder import SharedTrunk
-from pipeline.trunk import adapter_bottom_layers
-from pipeline.dm_policy import HEAD, SHARES, DMHead, fit_choices
 from pipeline.errors import MissingArtifactError
-from pipeline.catalogue import offset_table, prior_choice, trained_item_side
-from pipeline.fusion import KnowledgeGrid
-from pipeline.knowledge import save_choice
-from pipeline.item_offsets import OffsetChoice, adopted_offsets
-from pipeline.settings import ModelSettings, RecommenderSettings
-from stages._common import ROOT, load_params, setup_logging, user_errors
-from stages._params import model_settings
+from pipeline.evaluation.protocol import EvalData, EvalResult, EvalRun, EvalSettings, build_system, evaluate
+from pipeline.io import atomic_dir, atomic_path, write_json
+from pipeline.model.encoder import SharedTrunk
+from pipeline.model.settings import ModelSettings, RecommenderSettings
+from pipeline.model.trunk import adapter_bottom_layers
+from pipeline.tasks import templates
+from pipeline.timing import Timer
+from pipeline.training.catalogue import offset_table, prior_choice, trained_item_side
+from pipeline.training.item_offsets import OffsetChoice, adopted_offsets
+from pipeline.workflow.dialogue import HEAD, SHARES, DMHead, fit_choices
+from pipeline.workflow.fusion import KnowledgeGrid
+from pipeline.workflow.knowledge import save_choice
+from stages.common import ROOT, load_params, setup_logging, user_errors
+from stages.settings import model_settings
 
 log = logging.getLogger("stages.evaluate")
 BASE = ROOT / "models/base"
@@ -80,9 +80,11 @@ def eval_settings(params: dict, dataset: str, offsets: OffsetChoice | None = Non
     where = "fit_items validation, with the item offsets it adopted" if prior is not None else ""
     if prior is None:
         prior = prior_choice(pd.read_csv(curve), dataset) if curve.exists() and curve.stat().st_size else None
-    return EvalSettings(ev["max_retrieval"][dataset], ev["max_generation"][dataset], ev["max_responses"], ev["max_dm"],
-                        params["lengths"]["target"], ev["bootstrap"], params["seed"], params["finetune"]["temperature"],
-                        ev["prior_betas"], ev["max_validation"], prior, ev["max_dm_generation"], where,
+    return EvalSettings(max_retrieval=ev["max_retrieval"][dataset], max_generation=ev["max_generation"][dataset],
+                        max_responses=ev["max_responses"], max_dm=ev["max_dm"], target_length=params["lengths"]["target"],
+                        bootstrap=ev["bootstrap"], seed=params["seed"], temperature=params["finetune"]["temperature"],
+                        prior_betas=ev["prior_betas"], max_validation=ev["max_validation"], prior=prior,
+                        max_dm_generation=ev["max_dm_generation"], prior_chosen_at=where,
                         knowledge=KnowledgeGrid(**params["knowledge"]))
 
 
@@ -103,7 +105,7 @@ def write_outputs(dataset: str, result: EvalResult, model: ModelSettings, temper
 
 def main(dataset: str) -> None:
     setup_logging()
-    params = load_params()
+    params = load_params(f"evaluate@{dataset}")
     data = EvalData.read(ROOT, dataset, with_dm=dataset == "redial")
     chosen = dm_validation()
     model, settings = model_settings(params), recommender_settings(params, data.dm_train, chosen)

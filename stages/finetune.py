@@ -3,7 +3,7 @@ a batch of retrieval queries and a batch of generation instances (ranking, dialo
 generation; drawn by `finetune.generation_weights`). Conv2Item is the paper's (1 positive + `negatives` mined
 negatives, plus in-batch negatives, a parameter) or, with `finetune.retrieval_objective: catalogue`, a softmax
 over the whole catalogue against the base model's item table with an optional learned item bias and optional
-learned item offsets (``pipeline.catalogue``: extensions).
+learned item offsets (``pipeline.training.catalogue``: extensions).
 Output: models/reficr (adapter [+ item_bias.safetensors: biases, offsets]), plots/finetune_loss.csv, plots/finetune_validation.csv.
 
     python -m stages.finetune
@@ -16,12 +16,12 @@ import logging
 
 import pandas as pd
 
-from pipeline.catalogue import BIAS_FILE, CatalogueValidation
-from pipeline.dm_policy import validation_split
-from pipeline.objectives import FinetuneObjective, finetune_tasks
-from stages._common import ROOT, load_params, setup_logging, user_errors
-from stages._params import lengths
-from stages._training import CATALOGUE_INPUTS, catalogue_objective, read_items, train_adapter, training_log_counts
+from pipeline.data.splits import validation_split
+from pipeline.training.catalogue import BIAS_FILE, CatalogueValidation
+from pipeline.training.objectives import FinetuneObjective, finetune_tasks
+from stages.common import ROOT, load_params, setup_logging, user_errors
+from stages.settings import lengths
+from stages.training import CATALOGUE_INPUTS, catalogue_objective, read_items, train_adapter, training_log_counts
 
 log = logging.getLogger("stages.finetune")
 INPUTS = (
@@ -46,10 +46,11 @@ def catalogue_inputs(params: dict):
     tasks = catalogue_objective(params, "finetune", items)
     if not f["validate_every"]:
         return tasks, None
-    return tasks, CatalogueValidation.build(pd.read_parquet(ROOT / "data/instructions/turns_valid.parquet"), items, tasks,
-                                            f["validation_queries"], params["seed"], f["temperature"], ln.query, ln.document,
-                                            params["embed"]["batch_size"], training_log_counts(items),
-                                            params["eval"]["prior_betas"])
+    turns = pd.read_parquet(ROOT / "data/instructions/turns_valid.parquet")
+    return tasks, CatalogueValidation.build(turns, items, tasks, limit=f["validation_queries"], seed=params["seed"],
+                                            temperature=f["temperature"], query_length=ln.query, document_length=ln.document,
+                                            batch_size=params["embed"]["batch_size"], priors=training_log_counts(items),
+                                            betas=params["eval"]["prior_betas"])
 
 
 def dm_training_turns(params: dict, dm_train: pd.DataFrame) -> pd.DataFrame:
@@ -64,7 +65,7 @@ def dm_training_turns(params: dict, dm_train: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("finetune")
     f = params["finetune"]
     frames = [pd.read_parquet(ROOT / p) for p in INPUTS]
     dm = INPUTS.index("data/instructions/dm_train.parquet")
@@ -73,9 +74,11 @@ def main() -> None:
     catalogue, validate = catalogue_inputs(params)
     if catalogue:  # Conv2Item against the whole catalogue replaces its mined form; Conv2Conv stays the paper's
         retrieval = [t for t in retrieval if t.name != "conv2item"]
-    objective = FinetuneObjective(retrieval, generation, f["retrieval_batch"], f["generation_batch"], f["temperature"],
-                                  lengths(params), f["lambda_cl"], f["lambda_gen"], f["in_batch_negatives"],
-                                  catalogue, f["catalogue_batch"])
+    objective = FinetuneObjective(retrieval, generation, retrieval_batch=f["retrieval_batch"],
+                                  generation_batch=f["generation_batch"], temperature=f["temperature"],
+                                  lengths=lengths(params), lambda_cl=f["lambda_cl"], lambda_gen=f["lambda_gen"],
+                                  in_batch_negatives=f["in_batch_negatives"], catalogue=catalogue,
+                                  catalogue_batch=f["catalogue_batch"])
     extra = {"negatives": params["negatives"], "retrieval_objective": f["retrieval_objective"], "temperature": f["temperature"],
              "item_table": f["item_table"]}  # learned item offsets are recorded by their presence in BIAS_FILE
     train_adapter(params, "finetune", USED, INPUTS + VALIDATION_INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)

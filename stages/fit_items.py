@@ -1,5 +1,5 @@
 """DVC stage `fit_items@<dataset>`: item offsets for the fine-tuned retriever, fitted after fine-tuning with its query
-encoder fixed, and kept only where the validation split says so (``pipeline.item_offsets``: ``fit_offsets``, ``OffsetChoice``;
+encoder fixed, and kept only where the validation split says so (``pipeline.training.item_offsets``: ``fit_offsets``, ``OffsetChoice``;
 an extension of the paper's model, like the item bias: the catalogue objective's fixed item table moves).
 
     python -m stages.fit_items redial      # or inspired
@@ -27,14 +27,15 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
-from pipeline import schemas
-from pipeline.baselines import log_counts, training_gold
-from pipeline.catalogue import offset_table, rank_scores, trained_item_side
-from pipeline.context_embeddings import ContextEmbeddings
-from pipeline.item_offsets import OFFSETS_CHOICE, OFFSETS_FILE, OffsetChoice, fit_offsets, gold_rows, validation_side
+from pipeline.data import schemas
 from pipeline.errors import DataError, ParamError
 from pipeline.io import atomic_dir, write_json
-from stages._common import ROOT, load_params, setup_logging, user_errors
+from pipeline.retrieval.context_embeddings import ContextEmbeddings
+from pipeline.retrieval.corpus import gold_rows, rank_scores
+from pipeline.retrieval.popularity import log_counts, training_gold
+from pipeline.training.catalogue import offset_table, trained_item_side
+from pipeline.training.item_offsets import OFFSETS_CHOICE, OFFSETS_FILE, OffsetChoice, fit_offsets, validation_side
+from stages.common import ROOT, load_params, setup_logging, user_errors
 
 log = logging.getLogger("stages.fit_items")
 MODEL = ROOT / "models/reficr"
@@ -82,7 +83,7 @@ def fit(params: dict, dataset: str, table: np.ndarray, bias: np.ndarray | None) 
 
 def main(dataset: str) -> None:
     setup_logging()
-    params = load_params()
+    params = load_params(f"fit_items@{dataset}")
     s = params["item_offsets"]
     check_settings(s)
     base_items = np.load(ROOT / f"data/embeddings/base/{dataset}_items.npy", allow_pickle=False)

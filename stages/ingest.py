@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.data.ingest import DATASETS, ingest, write_ingest
 from pipeline.errors import ParamError
-from stages._common import ROOT, load_params, setup_logging, user_errors
+from stages.common import ROOT, load_params, setup_logging, user_errors
 
 log = logging.getLogger("stages.ingest")
 
@@ -21,7 +21,7 @@ def main(dataset: str) -> None:
     setup_logging()
     if dataset not in DATASETS:
         raise ParamError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    params = load_params()
+    params = load_params(f"ingest@{dataset}")
     os.chdir(ROOT)  # paths in the report are relative to the project: the same on every machine
     result = ingest(
         dataset,

@@ -1,5 +1,5 @@
 """DVC stage `mine_negatives` (Eq. 2, Eq. 3) with FAISS over ReFICR_INIT embeddings, and the ranking
-instances (top-N INIT candidates + Conv2Conv knowledge) for fine-tuning (``pipeline.mining.mine_dataset``).
+instances (top-N INIT candidates + Conv2Conv knowledge) for fine-tuning (``pipeline.retrieval.mining.mine_dataset``).
 
     python -m stages.mine_negatives
 
@@ -15,27 +15,29 @@ import random
 import numpy as np
 import pandas as pd
 
-from pipeline import schemas
-from pipeline.catalogue import trained_item_side
-from pipeline.index import write_index
+from pipeline.data import schemas
 from pipeline.io import atomic_dir, write_json
-from pipeline.mining import MiningSettings, mine_dataset
-from pipeline.encoder import Encoder
-from stages._common import ROOT, load_params, setup_logging, user_errors
-from stages._params import lengths, model_settings
+from pipeline.model.encoder import Encoder
+from pipeline.retrieval.index import write_index
+from pipeline.retrieval.mining import MiningSettings, mine_dataset
+from pipeline.training.catalogue import trained_item_side
+from stages.common import ROOT, load_params, setup_logging, user_errors
+from stages.settings import lengths, model_settings
 
 log = logging.getLogger("stages.mine_negatives")
 
 
 def mining_settings(params: dict) -> MiningSettings:
     m, ranking = params["mining"], params["ranking"]
-    return MiningSettings(params["negatives"], m["pool"], m["index"], m["use_gpu"], m["exclude_context_items"],
-                          m["conv_aggregation"], ranking["candidates"], ranking["knowledge_utterances"], params["seed"])
+    return MiningSettings(negatives=params["negatives"], pool=m["pool"], index=m["index"], use_gpu=m["use_gpu"],
+                          exclude_context_items=m["exclude_context_items"], conv_aggregation=m["conv_aggregation"],
+                          candidates=ranking["candidates"], knowledge_utterances=ranking["knowledge_utterances"],
+                          seed=params["seed"])
 
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("mine_negatives")
     settings, ln = mining_settings(params), lengths(params)
     init = model_settings(params).load(ROOT / "models/base", adapter=ROOT / "models/init", merge=True)
     encoder = Encoder(init, ln.query, ln.document, params["embed"]["batch_size"])

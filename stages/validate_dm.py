@@ -1,4 +1,4 @@
-"""DVC stage `validate_dm`: choose dialogue management's prior and weight (``pipeline.dm_policy``) on validation
+"""DVC stage `validate_dm`: choose dialogue management's prior and weight (``pipeline.workflow.dialogue``) on validation
 dialogues.
 
     python -m stages.validate_dm
@@ -25,14 +25,13 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from pipeline.dm_policy import (HEAD, SHARES, DMHead, DMValidation, dm_sweep, fit_choices, free_generation,
-                                validation_split)
-from pipeline.instructions import cap
+from pipeline.data.splits import seeded_sample, validation_split
+from pipeline.evaluation.dm_validation import DMValidation, dm_sweep, free_generation
 from pipeline.io import atomic_path, write_json
-from pipeline.model import RetrievableLM
-from pipeline.recommender import dm_evidence
-from stages._common import ROOT, load_params, setup_logging, user_errors
-from stages._params import model_settings
+from pipeline.model.lm import RetrievableLM
+from pipeline.workflow.dialogue import HEAD, SHARES, DMHead, dm_evidence, fit_choices
+from stages.common import ROOT, load_params, setup_logging, user_errors
+from stages.settings import model_settings
 
 log = logging.getLogger("stages.validate_dm")
 SWEEP = "plots/dm_validation.csv"
@@ -42,7 +41,7 @@ GENERATION = "metrics/dm_validation_generation.json"
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("validate_dm")
     v = params["eval"]["dm_validation"]
     fit, valid = validation_split(pd.read_parquet(ROOT / "data/instructions/dm_train.parquet"), v["fraction"],
                                   v["max_turns"], params["seed"])
@@ -77,7 +76,7 @@ def free_dm_check(lm: RetrievableLM, valid: pd.DataFrame, params: dict) -> dict:
     seeded sample, drawn as ``evaluate`` draws its own from the test turns): parse rate, accuracy and micro-F1 of the
     actions it names."""
     e = params["eval"]
-    turns = cap(valid, e["max_dm_generation"] or None, params["seed"])
+    turns = seeded_sample(valid, e["max_dm_generation"] or None, params["seed"])
     start = time.perf_counter()
     m, _ = free_generation(lambda prompts: lm.generate(prompts, max_new_tokens=e["max_new_tokens_dm"],
                                                        batch_size=e["generation_batch"],

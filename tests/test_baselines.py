@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.baselines import BM25Retriever, context_echo, item_counts, popularity_ranking, training_gold
+from pipeline.evaluation.baselines import BM25Retriever, context_echo
+from pipeline.retrieval.popularity import item_counts, popularity_ranking, training_gold
 
 
 def test_popularity_counts_training_recommendations_ties_in_corpus_order():
@@ -52,7 +53,7 @@ def test_bm25s_is_imported_with_jax_kept_off_the_gpu():
     out of memory at the first training step): importing our baselines keeps JAX on the CPU unless told otherwise."""
     def jax_platforms(**env: str) -> str:
         env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"} | env
-        code = "import os, pipeline.baselines; print(os.environ['JAX_PLATFORMS'])"
+        code = "import os, pipeline.evaluation.baselines; print(os.environ['JAX_PLATFORMS'])"
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parent.parent).stdout.strip()
 

@@ -1,4 +1,4 @@
-"""The catalogue objective (pipeline.catalogue), LoRA on the top layers, and dtype detection: numbers worked out
+"""The catalogue objective (pipeline.training.catalogue), LoRA on the top layers, and dtype detection: numbers worked out
 by hand on toy tables, then the real small model trained a few steps."""
 
 from __future__ import annotations
@@ -12,16 +12,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import hardware, templates
-from pipeline.baselines import item_counts
-from pipeline.catalogue import (CatalogueValidation, catalogue_loss, catalogue_tasks, prior_sweep, rank_scores,
-                                recall_per_item)
+from pipeline import hardware
 from pipeline.errors import DataError, MissingArtifactError
-from pipeline.model import LoraSettings, RetrievableLM
-from pipeline.objectives import FinetuneObjective, GenerationTask
-from pipeline.recommender import ItemCorpus
-from pipeline.settings import Lengths
-from pipeline.training import TrainConfig, TrainLoop
+from pipeline.model.lm import LoraSettings, RetrievableLM
+from pipeline.model.settings import Lengths
+from pipeline.retrieval.corpus import ItemCorpus, rank_scores
+from pipeline.retrieval.popularity import item_counts
+from pipeline.tasks import templates
+from pipeline.training.catalogue import (
+    CatalogueValidation,
+    catalogue_loss,
+    catalogue_tasks,
+    prior_sweep,
+    recall_per_item,
+)
+from pipeline.training.loop import TrainConfig, TrainLoop
+from pipeline.training.objectives import FinetuneObjective, GenerationTask
 
 TABLE = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
 
@@ -153,7 +159,7 @@ def test_lora_init_is_drawn_from_the_seed(base_dir):
 
 
 def test_a_missing_catalogue_pairs_table_names_the_stage_that_writes_it(tmp_path, monkeypatch):
-    import stages._training as training
+    import stages.training as training
     monkeypatch.setattr(training, "ROOT", tmp_path)
     with pytest.raises(MissingArtifactError, match=r"catalogue_train\.parquet: no catalogue pairs; run `dvc repro build_instructions`"):
         training.read_catalogue_pairs()
@@ -166,8 +172,8 @@ def test_item_offsets_move_the_table_rows_and_are_scored_as_trained(tmp_path):
 
     from safetensors.numpy import save_file
 
-    from pipeline.catalogue import OFFSET, offset_table, trained_item_side
-    from pipeline.objectives import catalogue_parameters
+    from pipeline.training.catalogue import OFFSET, offset_table, trained_item_side
+    from pipeline.training.objectives import catalogue_parameters
 
     items = {"toy": pd.DataFrame({"item_id": ["a", "b", "c"], "description": ["A", "B", "C"]})}
     pairs = pd.DataFrame({"dataset": "toy", "query": ["q"], "item_id": ["b"], "gold_item_ids": [["b"]]})
@@ -207,7 +213,7 @@ def test_item_offsets_move_the_table_rows_and_are_scored_as_trained(tmp_path):
 def test_extra_parameters_get_their_own_learning_rates_by_name(base_dir):
     """TrainLoop: ``extra_lr`` as one number for every extra parameter, or per name (the catalogue objective's
     biases at ``item_bias_lr``, offsets at ``item_offset_lr``): one optimizer group per learning rate."""
-    from stages._training import extra_learning_rates
+    from stages.training import extra_learning_rates
 
     lm = RetrievableLM.load(base_dir, device="cpu", trainable=True)
     lm.attach_lora(LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj"], layers=1))

@@ -1,5 +1,5 @@
-"""The collaborative signals and their mixtures (``pipeline.collaborative``, ``pipeline.fusion``), the mention linker
-(``pipeline.knowledge``) and the content check's helpers, on numbers worked out by hand; then the signals on the
+"""The collaborative signals and their mixtures (``pipeline.retrieval.collaborative``, ``pipeline.workflow.fusion``), the mention linker
+(``pipeline.workflow.knowledge``) and the content check's helpers, on numbers worked out by hand; then the signals on the
 committed ReDial slice."""
 
 from __future__ import annotations
@@ -10,12 +10,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.collaborative import (CoMention, ConversationKNN, as_distribution, choose_weights, gold_ranks, mixture,
-                                    neighbour_votes, popularity_distribution, simplex_grid, softmax_rows, top_without,
-                                    validation_score)
-from pipeline.content_check import REQUESTS, answerable, item_genres
-from pipeline.fusion import KnowledgeChoice, KnowledgeGrid, KnowledgeScorer, Queries, context_items
-from pipeline.knowledge import MentionLinker
+from pipeline.evaluation.content_check import REQUESTS, answerable, item_genres
+from pipeline.retrieval.collaborative import (
+    CoMention,
+    ConversationKNN,
+    as_distribution,
+    choose_weights,
+    gold_ranks,
+    mixture,
+    neighbour_votes,
+    popularity_distribution,
+    simplex_grid,
+    softmax_rows,
+    top_without,
+    validation_score,
+)
+from pipeline.workflow.fusion import KnowledgeChoice, KnowledgeGrid, KnowledgeScorer, Queries, context_items
+from pipeline.workflow.knowledge import MentionLinker
 
 ITEMS = ["a", "b", "c", "d"]
 
@@ -94,7 +105,7 @@ def test_the_scorer_chooses_on_validation_and_scores_every_signal():
     logits = np.zeros((1, len(CATALOGUE)), dtype=np.float32)
     logits[0, 3], logits[0, 1] = 5.0, -5.0  # retrieval likes d and puts b last
     queries = Queries(["something scary, a ghost"], [["a"]], np.array([[1.0, 0.0]], dtype=np.float32), logits)
-    grid = KnowledgeGrid([0.0], [1], [1], [1.0], 0.5)
+    grid = KnowledgeGrid(co_mention_beta=[0.0], text_neighbours=[1], encoder_neighbours=[1], neighbour_power=[1.0], weight_step=0.5)
     choice = scorer.choose(queries, [[scorer.row["b"]]], grid)
     parts = scorer.parts(queries, choice)
     assert parts["co_mention"][0, :4] == pytest.approx([0, 2 / 3, 1 / 3, 0])  # a-b in 2 dialogues, a-c in 1
@@ -143,8 +154,8 @@ def test_content_check_helpers():
 
 
 def test_context_embeddings_round_trip_and_say_which_stage_makes_them(tmp_path):
-    from pipeline.context_embeddings import ContextEmbeddings, training_contexts
     from pipeline.errors import DataError, MissingArtifactError
+    from pipeline.retrieval.context_embeddings import ContextEmbeddings, training_contexts
 
     pairs = pd.DataFrame({"instance_id": ["d1#1", "d1#1", "d2#3", "d3#1"], "dialogue_id": ["d1", "d1", "d2", "d3"],
                           "query": ["q1", "q1", "q2", "q3"], "gold_item_ids": [["a", "b"], ["a", "b"], ["c"], ["d"]]})

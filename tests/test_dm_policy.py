@@ -1,4 +1,4 @@
-"""Dialogue management's choice (pipeline.dm_policy): choices, prior, the weighted decision, the validation
+"""Dialogue management's choice (pipeline.workflow.dialogue): choices, prior, the weighted decision, the validation
 split, the sweep and the DM head, with numbers worked out by hand."""
 
 from __future__ import annotations
@@ -10,10 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import templates
-from pipeline.dm_policy import (HEAD, SHARES, DMHead, DMValidation, best_setting, dm_choices, dm_context, dm_decide,
-                                dm_features, dm_log_prior, dm_sweep, free_generation, validation_split)
+from pipeline.data.splits import validation_split
 from pipeline.errors import DataError, ParamError
+from pipeline.evaluation.dm_validation import DMValidation, best_setting, dm_sweep, free_generation
+from pipeline.tasks import templates
+from pipeline.workflow.dialogue import (
+    HEAD,
+    SHARES,
+    DMHead,
+    dm_choices,
+    dm_context,
+    dm_decide,
+    dm_features,
+    dm_log_prior,
+)
 
 
 def test_dm_choices_are_the_frequent_training_sequences():

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.evaluation import SYSTEM_NAMES
-
+from pipeline.evaluation.protocol import SYSTEM_NAMES
 from tests.conftest import repo_env, run
 
 pytestmark = pytest.mark.slow
@@ -123,7 +122,17 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
         node[key[-1]] = value
         (repo / "params.yaml").write_text(yaml.safe_dump(changed_params, sort_keys=False))
         assert stale_stages(run(["dvc", "status"], repo, env)) == expected, key
-    # the catalogue objective (pipeline.catalogue): re-runs fine-tuning and evaluation; the item bias travels to the CLI
+    (repo / "params.yaml").write_text(yaml.safe_dump(original, sort_keys=False))
+    # an edit to evaluation, reply grounding, the DM head or the service leaves training up to date
+    for edited in ("pipeline/evaluation/metrics.py", "pipeline/workflow/grounding.py", "pipeline/workflow/dialogue.py",
+                   "pipeline/service/serve.py"):
+        source = (repo / edited).read_text()
+        (repo / edited).write_text(source + "\n# an edit\n")
+        changed = stale_stages(run(["dvc", "status"], repo, env))
+        assert not changed & {"warmup", "mine_negatives", "finetune"}, (edited, changed)
+        assert ("evaluate@redial" in changed) == (not edited.startswith("pipeline/service/")), (edited, changed)
+        (repo / edited).write_text(source)
+    # the catalogue objective (pipeline.training.catalogue): re-runs fine-tuning and evaluation; the item bias travels to the CLI
     catalogue = yaml.safe_load(yaml.safe_dump(original))
     catalogue["finetune"].update(retrieval_objective="catalogue", validate_every=2)
     catalogue["warmup"].update(retrieval_objective="catalogue")

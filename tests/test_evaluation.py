@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluation import PAIRED, SYSTEM_NAMES, SYSTEMS, top_rows
+from pipeline.evaluation.protocol import PAIRED, SYSTEM_NAMES, SYSTEMS
+from pipeline.retrieval.corpus import top_rows
 
 
 def test_registry_names_are_unique_and_paired_systems_are_scored_on_the_same_sample():
@@ -27,7 +28,7 @@ def test_top_rows_orders_by_score_then_index():
 def test_beta_ties_within_float_noise_go_to_the_smaller_prior():
     """Two betas with the same validation hits can differ in the last bits (measured on INSPIRED: 0.5 and 2);
     the smaller beta wins such a tie, a real difference still wins."""
-    from pipeline.catalogue import choose_beta
+    from pipeline.training.catalogue import choose_beta
 
     tried = {0: 0.1786833855799373, 0.5: 0.18652037617554856, 1: 0.18495297805642633, 2: 0.1865203761755486}
     assert tried[2] > tried[0.5]  # the float noise that used to pick beta 2
@@ -38,7 +39,7 @@ def test_beta_ties_within_float_noise_go_to_the_smaller_prior():
 def test_evaluation_takes_the_beta_of_the_last_validation_pass():
     import pandas as pd
 
-    from pipeline.catalogue import prior_choice
+    from pipeline.training.catalogue import prior_choice
 
     curve = pd.DataFrame({"step": [0, 0, 72, 72], "dataset": ["redial", "inspired"] * 2, "recall@10": [0.1, 0.2, 0.3, 0.4],
                           "recall@50": [0.2, 0.3, 0.5, 0.6], "n": [9, 5, 9, 5], "prior_beta": [4.0, 2.0, 1.0, 0.5],
@@ -79,8 +80,8 @@ def test_the_evaluate_stage_takes_the_dm_prior_and_weight_validate_dm_chose(tmp_
     import yaml
 
     import stages.evaluate as stage
-    from pipeline import templates
     from pipeline.errors import MissingArtifactError
+    from pipeline.tasks import templates
 
     params = yaml.safe_load((stage.ROOT / "profiles/small.yaml").read_text())
     with pytest.raises(MissingArtifactError, match="validate_dm"):
@@ -101,8 +102,7 @@ def test_the_evaluate_stage_takes_the_dm_prior_and_weight_validate_dm_chose(tmp_
 
 
 def test_a_list_without_the_named_items_is_scored_on_the_dedup_gold_by_hand():
-    from pipeline.evaluation import without_named
-    from pipeline.metrics import Instance
+    from pipeline.evaluation.metrics import Instance, without_named
 
     lists = {"a": ["x", "g1", "y"], "b": ["y", "z", "g2"]}
     named = {"a": {"x"}, "b": set()}

@@ -1,4 +1,4 @@
-"""pipeline/grounding.py: the reply a person reads names only the turn's recommended items, has no loop, does not
+"""pipeline/workflow/grounding.py: the reply a person reads names only the turn's recommended items, has no loop, does not
 copy the seeker and does not write the seeker's next turn (examples worked out by hand, from the faults seen in
 the default run's generation sample, and a hypothesis property over arbitrary replies)."""
 
@@ -8,8 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.grounding import (FALLBACK_WITHOUT_ITEMS, Catalogue, Reply, check_reply, cut_loops, ground_reply, has_loop,
-                                seeker_utterances)
+from pipeline.workflow.grounding import (
+    FALLBACK_WITHOUT_ITEMS,
+    Catalogue,
+    Reply,
+    check_reply,
+    cut_loops,
+    ground_reply,
+    has_loop,
+    seeker_utterances,
+)
 
 CATALOGUE = Catalogue(["The Hangover (2009)", "Superbad (2007)", "Step Brothers (2008)", "Godzilla (2014)",
                        "Godzilla (1998)", "Die Hard (1988)", "It (2017)", "Up (2009)"])
@@ -182,7 +190,7 @@ def test_another_year_needs_the_whole_name_and_no_tag_inside_it():
 
 
 def test_grounding_metrics_count_each_fault_before_and_after_grounding():
-    from pipeline.conversation_eval import grounding_metrics
+    from pipeline.evaluation.conversation import grounding_metrics
 
     raws = ["You are an intelligent conversational recommender system. Try <item>Superbad (2007)</item>.",
             "Die Hard (2017) is fun to watch. Die Hard (2017) is fun to watch.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.index import build_index, search, write_index
+from pipeline.retrieval.index import build_index, search, write_index
 
 
 def corpus(n: int = 2000, dim: int = 32, seed: int = 0) -> np.ndarray:

@@ -5,12 +5,22 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline import templates
 from pipeline.data.ingest import ingest
-from pipeline.instructions import (ACTION_OF_CODE, ContextLimits, InstructionCaps, build_conv2conv, build_conv2item, build_dm,
-                                   build_instruction_tables, build_response,
-                                   build_turns, cap, dm_target, wrap_mentions)
-
+from pipeline.data.splits import seeded_sample
+from pipeline.tasks import templates
+from pipeline.tasks.instructions import (
+    ACTION_OF_CODE,
+    ContextLimits,
+    InstructionCaps,
+    build_conv2conv,
+    build_conv2item,
+    build_dm,
+    build_instruction_tables,
+    build_response,
+    build_turns,
+    dm_target,
+    wrap_mentions,
+)
 from tests.conftest import RAW
 
 
@@ -42,11 +52,11 @@ def test_context_keeps_the_most_recent_part():
 
 def test_cap_is_deterministic_and_order_preserving():
     frame = pd.DataFrame({"instance_id": [f"x{i}" for i in range(50)]})
-    a, b = cap(frame, 10, seed=0), cap(frame, 10, seed=0)
+    a, b = seeded_sample(frame, 10, seed=0), seeded_sample(frame, 10, seed=0)
     assert a.equals(b) and len(a) == 10
     assert list(a.instance_id) == sorted(a.instance_id, key=lambda s: int(s[1:]))
-    assert not a.equals(cap(frame, 10, seed=1))
-    assert len(cap(frame, None, 0)) == 50
+    assert not a.equals(seeded_sample(frame, 10, seed=1))
+    assert len(seeded_sample(frame, None, 0)) == 50
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +65,7 @@ def redial():
 
 
 def test_conv2item_one_pair_per_gold_item(redial):
-    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits(12, 1200))
+    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits(max_utterances=12, max_chars=1200))
     pairs = build_conv2item(turns, redial.tables["items"])
     assert len(pairs) == sum(len(g) for g in turns.gold_item_ids)
     row = pairs[pairs.instance_id == "redial:20001#1"].iloc[0]
@@ -64,7 +74,7 @@ def test_conv2item_one_pair_per_gold_item(redial):
 
 
 def test_conv2conv_documents_are_training_contexts_of_other_dialogues(redial):
-    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits(12, 1200))
+    turns = build_turns("redial", redial.tables["rec_turns"], ContextLimits(max_utterances=12, max_chars=1200))
     train = turns[turns.split == "train"].reset_index(drop=True)
     test = turns[turns.split == "test"].reset_index(drop=True)
     pairs, lonely = build_conv2conv(test, train, seed=0)
@@ -85,14 +95,14 @@ def test_dm_targets_map_every_iard_code_and_explain():
     assert target.startswith("<a>Recommend</a><a>Explain</a>\nThe user's intention: Reject (seeker dislikes the recommended "
                              "item); Critique-Add")
     assert target.endswith(".") and target.count("<a>") == 2
-    dm = build_dm(iard.tables["iard_turns"], codes, ContextLimits(12, 1200))
+    dm = build_dm(iard.tables["iard_turns"], codes, ContextLimits(max_utterances=12, max_chars=1200))
     assert len(dm) == len(iard.tables["iard_turns"]) and dm.prompt.str.startswith("Analyze the conversation context: ").all()
     with pytest.raises(ValueError, match="has no ReFICR action"):
         dm_target([], ["XYZ"], codes)
 
 
 def test_response_targets_wrap_item_mentions(redial):
-    resp = build_response("redial", redial.tables["dialogues"], redial.tables["items"], ContextLimits(12, 1200))
+    resp = build_response("redial", redial.tables["dialogues"], redial.tables["items"], ContextLimits(max_utterances=12, max_chars=1200))
     row = resp[resp.instance_id == "redial:20001#1"].iloc[0]
     assert row.target == "You should watch <item>Police Academy (1984)</item>"
     assert "- Recommended Items: Police Academy (1984)\n" in row.prompt
@@ -112,9 +122,9 @@ def test_catalogue_pairs_cover_every_training_turn_while_the_mined_turns_are_cap
     iard = ingest("iard", RAW)
     t = redial.tables
     tables, counts = build_instruction_tables({"redial": (t["items"], t["dialogues"], t["rec_turns"])}, iard.tables["iard_turns"],
-                                              iard.tables["iard_codes"], ContextLimits(12, 1200),
-                                              InstructionCaps({"redial": 5}, 10, 10, seed=0))
-    every_train_turn = build_turns("redial", t["rec_turns"], ContextLimits(12, 1200)).query("split == 'train'")
+                                              iard.tables["iard_codes"], ContextLimits(max_utterances=12, max_chars=1200),
+                                              InstructionCaps(max_train_turns={"redial": 5}, max_response=10, max_dm=10, seed=0))
+    every_train_turn = build_turns("redial", t["rec_turns"], ContextLimits(max_utterances=12, max_chars=1200)).query("split == 'train'")
     assert len(every_train_turn) > 5 and len(tables["turns_train"]) == 5
     assert set(tables["conv2item_train"].instance_id) == set(tables["turns_train"].instance_id)
     catalogue = tables["catalogue_train"]

@@ -1,4 +1,4 @@
-"""Item offsets fitted after fine-tuning (``pipeline.item_offsets``, stage ``fit_items``): fitting by hand, the
+"""Item offsets fitted after fine-tuning (``pipeline.training.item_offsets``, stage ``fit_items``): fitting by hand, the
 validation figures by hand, the adoption rule, and what evaluate reads back. The stage itself runs on real slices
 in tests/test_end_to_end.py (the tiny profile with the catalogue objective)."""
 
@@ -11,9 +11,16 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from pipeline.catalogue import offset_table
 from pipeline.errors import DataError
-from pipeline.item_offsets import OFFSETS_CHOICE, OFFSETS_FILE, OffsetChoice, adopted_offsets, fit_offsets, validation_side
+from pipeline.training.catalogue import offset_table
+from pipeline.training.item_offsets import (
+    OFFSETS_CHOICE,
+    OFFSETS_FILE,
+    OffsetChoice,
+    adopted_offsets,
+    fit_offsets,
+    validation_side,
+)
 
 SQRT_HALF = 0.5 ** 0.5
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.losses import in_batch_info_nce, joint_loss, key_overlap_mask, mined_negatives_loss
+from pipeline.training.losses import in_batch_info_nce, joint_loss, key_overlap_mask, mined_negatives_loss
 
 Q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 

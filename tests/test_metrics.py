@@ -7,8 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.metrics import (Instance, bootstrap_ci, dialogue_management_metrics, distinct_n, majority_action_set,
-                              paired_difference, parse_actions, perplexity, recommendation_metrics)
+from pipeline.evaluation.metrics import (
+    Instance,
+    bootstrap_ci,
+    dialogue_management_metrics,
+    distinct_n,
+    majority_action_set,
+    paired_difference,
+    perplexity,
+    recommendation_metrics,
+)
+from pipeline.tasks.actions import parse_actions
 
 A = Instance("A", "d1", ["x", "y"], [True, False])  # two gold items, x already seen in the context
 B = Instance("B", "d2", ["z"], [False])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.mining import mine_conversation_negatives, mine_item_negatives
+from pipeline.retrieval.mining import mine_conversation_negatives, mine_item_negatives
 
 
 def unit(*rows):
@@ -65,8 +65,8 @@ def test_item_negatives_follow_the_learned_bias_of_a_catalogue_trained_init(tmp_
 
     from safetensors.numpy import save_file
 
-    from pipeline.catalogue import trained_item_side
-    from pipeline.recommender import ItemCorpus
+    from pipeline.retrieval.corpus import ItemCorpus
+    from pipeline.training.catalogue import trained_item_side
 
     (tmp_path / "reficr_adapter.json").write_text(json.dumps({"retrieval_objective": "catalogue", "temperature": 0.5}))
     save_file({"toy": np.array([0.0, 0.0, 0.0, 2.0], dtype=np.float32)}, str(tmp_path / "item_bias.safetensors"))
@@ -86,8 +86,8 @@ def test_a_centred_item_table_spreads_an_anisotropic_catalogue_and_is_scored_as_
     gets the same transform back from trained_item_side, wherever it is scored (mining, evaluation, chat)."""
     import json
 
-    from pipeline.catalogue import item_table, trained_item_side
     from pipeline.errors import DataError
+    from pipeline.training.catalogue import item_table, trained_item_side
 
     # three items in a narrow cone around (1, 0): raw cosines 0.98 / 0.92, centred they point apart
     raw = unit([1, 0.2], [1, -0.2], [1, 0.0])

@@ -9,9 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.encoder import Encoder, SharedTrunk
-from pipeline.model import CudaRequiredError, LoraSettings, RetrievableLM, embed_prefix, generation_prefix, resolve_device
-from pipeline.trunk import TrunkMismatchError, adapter_bottom_layers, embed_trunk, frozen_bottom_layers, num_layers, trunk_states
+from pipeline.model.encoder import Encoder, SharedTrunk
+from pipeline.model.lm import (
+    CudaRequiredError,
+    LoraSettings,
+    RetrievableLM,
+    embed_prefix,
+    generation_prefix,
+    resolve_device,
+)
+from pipeline.model.trunk import (
+    TrunkMismatchError,
+    adapter_bottom_layers,
+    embed_trunk,
+    frozen_bottom_layers,
+    num_layers,
+    trunk_states,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -41,7 +41,7 @@ def test_gritlm_profile_carries_the_papers_settings():
 def test_cli_switches_profiles(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.service.cli import app
 
     (tmp_path / "profiles").mkdir()
     for name in ("small", "tiny"):

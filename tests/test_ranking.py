@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pipeline.ranking import apply_ranking, build_ranking_instance, format_ranking_target, parse_ranking, parse_statistics, random_ranking
+from pipeline.tasks.ranking import (
+    apply_ranking,
+    build_ranking_instance,
+    format_ranking_target,
+    parse_ranking,
+    parse_statistics,
+    random_ranking,
+)
 
 
 def test_ranking_instance_inserts_gold_shuffles_and_targets_gold_first():

@@ -1,4 +1,4 @@
-"""The ReFICR workflow (pipeline.recommender) on the small base model and a slice of the real ReDial corpus."""
+"""The ReFICR workflow (pipeline.workflow.reficr) on the small base model and a slice of the real ReDial corpus."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import templates
 from pipeline.data.ingest import ingest
-from pipeline.encoder import Encoder
-from pipeline.recommender import ConversationStore, ItemCorpus, ReFICR, context_item_lists, dm_evidence, score_endings
-from pipeline.settings import ModelSettings, RecommenderSettings
-
+from pipeline.model.encoder import Encoder
+from pipeline.model.scoring import score_endings
+from pipeline.model.settings import ModelSettings, RecommenderSettings
+from pipeline.retrieval.corpus import ConversationStore, ItemCorpus, context_item_lists
+from pipeline.tasks import templates
+from pipeline.workflow.dialogue import dm_evidence
+from pipeline.workflow.reficr import ReFICR
 from tests.conftest import RAW
 
 SETTINGS = RecommenderSettings(candidates=5, knowledge_utterances=1, top_k=20, items_in_response=3, query_length=48,
@@ -24,7 +26,7 @@ SETTINGS = RecommenderSettings(candidates=5, knowledge_utterances=1, top_k=20, i
 def system(base_dir):
     tables = ingest("redial", RAW, seed=0, redial_valid_fraction=0.1, iard_heldout_fraction=0.15).tables
     items = tables["items"].head(60).reset_index(drop=True)
-    lm = ModelSettings("cpu", "float32", None, "float32").load(base_dir)
+    lm = ModelSettings(device="cpu", dtype="float32", quantization=None, inference_dtype="float32").load(base_dir)
     encoder = Encoder(lm, SETTINGS.query_length, SETTINGS.document_length, SETTINGS.embed_batch)
     conversations = ["Seeker: I love space horror\nRecommender: Try Alien", "Seeker: a cartoon for my kids\nRecommender: Up is great",
                      "Seeker: a heist film please\nRecommender: Heat"]
@@ -96,7 +98,7 @@ def summed_logprobs(lm, prompts: list[str], targets: list[str]) -> np.ndarray:
 
 @pytest.mark.slow
 def test_dm_evidence_is_the_log_likelihood_calibrated_by_the_content_free_prompt(system):
-    from pipeline.instructions import ACTIONS
+    from pipeline.tasks.actions import ACTIONS
 
     reficr, _ = system
     prompts = [templates.dialogue_management_prompt("Seeker: Hi! I want a funny movie for tonight"),
@@ -127,8 +129,7 @@ def test_dialogue_management_starts_with_the_chosen_actions_then_explains(system
     from dataclasses import asdict, replace
 
     from pipeline.errors import ParamError
-    from pipeline.instructions import ACTIONS
-    from pipeline.metrics import parse_actions
+    from pipeline.tasks.actions import ACTIONS, parse_actions
 
     reficr, _ = system
     choices = [["Recommend", "Explain"], ["Respond", "Chat"], ["Request"]]
@@ -148,7 +149,7 @@ def test_dialogue_management_starts_with_the_chosen_actions_then_explains(system
     majority = ReFICR(reficr.lm, reficr.corpus, reficr.store, reficr.title, replace(settings, dm_log_prior=prior, dm_weight=0.0))
     assert majority.choose_actions(prompts * 2) == [choices[other]] * 2
     # a DM head: a prior per turn, from the turn's words (fitted on three turns of each choice)
-    from pipeline.dm_policy import DMHead
+    from pipeline.workflow.dialogue import DMHead
 
     examples = {0: "can you suggest a movie?", 1: "thanks, sounds good", 2: "i do not know what i like"}
     texts = [templates.dialogue_management_prompt(f"Seeker: {examples[c]}") for c in examples for _ in range(3)]

@@ -1,4 +1,4 @@
-"""Reliability drill (issue 12): bad input gets our one-line error or a counted repair, never a traceback or a
+"""Reliability drill: bad input gets our one-line error or a counted repair, never a traceback or a
 silently wrong table; a kill at any instant loses no output; a stage writes only into the checkout it runs in.
 
 - fuzz: each raw reader on mutated copies of the committed real slices (truncation, type swaps, nulls, huge
@@ -29,12 +29,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.base_model import weights_hash
 from pipeline.data.common import IngestLog
 from pipeline.data.ingest import ingest, write_ingest
 from pipeline.errors import ReficrError
 from pipeline.io import atomic_dir, atomic_path, recover
-
+from pipeline.model.base_model import weights_hash
 from tests.conftest import RAW, ROOT, repo_env, run, tracked_files
 
 PYTHON = sys.executable
@@ -144,7 +143,7 @@ def test_a_mutated_raw_file_gives_valid_tables_or_our_error(raw_dir, dataset, re
 
 
 def test_wrong_typed_values_found_in_the_drill_are_clear_errors(raw_copy):
-    """The drill's raw tracebacks (issue 12): each is now an error naming the file and the line or record."""
+    """The drill's raw tracebacks: each is now an error naming the file and the line or record."""
     test_file = raw_copy / "redial/test_data.jsonl"
     lines = test_file.read_text().splitlines()
     for mutate, says in [(lambda r: r["messages"][0].__setitem__("text", None), "line 1, conversationId"),
@@ -242,7 +241,7 @@ def test_recover_removes_only_this_targets_temporaries_of_dead_local_processes(t
 
 
 def test_a_checkpoint_that_fails_to_write_leaves_no_temporary(tmp_path, monkeypatch):
-    from pipeline import training
+    from pipeline.training import loop as training
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline import schemas
+from pipeline.data import schemas
 
 
 def _items(**over):

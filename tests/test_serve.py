@@ -1,4 +1,4 @@
-"""`reficr serve` (pipeline/serve.py) on the tiny profile's trained run (conftest ``tiny_run``, built once per
+"""`reficr serve` (pipeline/service/serve.py) on the tiny profile's trained run (conftest ``tiny_run``, built once per
 session): every endpoint, every input limit, a forced turn that matches ``ReFICR.turn`` and ``reficr recommend``,
 a model failure (500 + logged id), concurrent clients, and a schemathesis property run over the OpenAPI schema."""
 
@@ -19,10 +19,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from pipeline import templates
-from pipeline.base_model import weights_hash
 from pipeline.errors import MissingArtifactError
-
+from pipeline.model.base_model import weights_hash
+from pipeline.tasks import templates
 from tests.conftest import repo_env, run
 
 pytestmark = pytest.mark.slow
@@ -150,7 +149,7 @@ def test_reficr_recommend_reports_every_bad_line_before_loading_a_model(tmp_path
     # no trained run under tmp_path: the input is checked first, so the answer is about the input
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.service.cli import app
 
     result = CliRunner().invoke(app, ["recommend", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
                                       "--root", str(tmp_path)])
@@ -167,7 +166,7 @@ def test_reficr_recommend_reports_every_bad_line_before_loading_a_model(tmp_path
 def test_reficr_recommend_names_the_dvc_target_of_a_missing_run(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.service.cli import app
 
     (tmp_path / "in.jsonl").write_text(json.dumps({"context": SUPERBAD}) + "\n")
     result = CliRunner().invoke(app, ["recommend", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
@@ -220,7 +219,7 @@ def test_a_model_failure_is_a_500_with_an_id_in_the_log(client, tiny_service, mo
         raise RuntimeError("injected generation failure")
 
     monkeypatch.setattr(tiny_service.system, "respond", fail)  # the real recommender, failing in its last step
-    with caplog.at_level(logging.ERROR, logger="pipeline.serve"):
+    with caplog.at_level(logging.ERROR, logger="pipeline.service.serve"):
         status, answer = post(client, {"context": SUPERBAD})
     assert status == 500 and answer["request_id"] and "server log" in answer["detail"]
     logged = [r for r in caplog.records if answer["request_id"] in r.getMessage()]
@@ -250,7 +249,7 @@ def test_concurrent_clients_all_get_their_own_correct_answer(live_server):
 
 
 def test_health_answers_while_the_model_is_busy_and_a_full_queue_is_refused_at_once(tiny_service, monkeypatch):
-    from pipeline.serve import create_app
+    from pipeline.service.serve import create_app
 
     entered, release = threading.Event(), threading.Event()
     respond = tiny_service.system.respond

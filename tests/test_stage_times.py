@@ -1,4 +1,4 @@
-"""bench/stage_times.py: the per-stage table of a `make run` (issue 10's budget figure)."""
+"""bench/stage_times.py: the per-stage table of a `make run` (the budget figure)."""
 
 from __future__ import annotations
 

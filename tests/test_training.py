@@ -10,14 +10,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import templates
-from pipeline.losses import joint_loss
-from pipeline.model import LoraSettings, RetrievableLM
 from pipeline.errors import ParamError
-from pipeline.objectives import (FinetuneObjective, GenerationTask, RetrievalTask, WarmupObjective, finetune_tasks,
-                                 generation_weights)
-from pipeline.settings import Lengths
-from pipeline.training import TrainConfig, TrainingDiverged, TrainLoop, linear_schedule
+from pipeline.model.lm import LoraSettings, RetrievableLM
+from pipeline.model.settings import Lengths
+from pipeline.tasks import templates
+from pipeline.training.loop import TrainConfig, TrainingDiverged, TrainLoop, linear_schedule
+from pipeline.training.losses import joint_loss
+from pipeline.training.objectives import (
+    FinetuneObjective,
+    GenerationTask,
+    RetrievalTask,
+    WarmupObjective,
+    finetune_tasks,
+    generation_weights,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import schemas
+from pipeline.data import schemas
 from pipeline.errors import DataError
 
 _WS = re.compile(r"\s+")
@@ -186,7 +186,7 @@ def recommender_runs(speakers: Sequence[str]) -> list[tuple[int, int]]:
 
 
 def build_rec_turns(dialogues: list[Dialogue], corpus: set[str]) -> pd.DataFrame:
-    """One instance per recommender turn with a non-empty context and >= 1 corpus item (EVALUATION.md).
+    """One instance per recommender turn with a non-empty context and >= 1 corpus item.
 
     A turn is a maximal run of recommender utterances; its context is every earlier utterance; its
     gold items are the corpus items it mentions, in order of first mention; ``gold_seen_in_context``

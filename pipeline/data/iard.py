@@ -23,9 +23,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import schemas
-from pipeline.data.common import (Dialogue, IngestError, IngestLog, Utterance, check_list_of, check_object, check_text, display_title,
-                                  hash_fraction, normalize_space, read_text, split_title_year)
+from pipeline.data import schemas
+from pipeline.data.common import (
+    Dialogue,
+    IngestError,
+    IngestLog,
+    Utterance,
+    check_list_of,
+    check_object,
+    check_text,
+    display_title,
+    hash_fraction,
+    normalize_space,
+    read_text,
+    split_title_year,
+)
 from pipeline.data.items import Movie
 
 MENTION = re.compile(r"@(\d+)\s*(?:<([^<>]*)>)?")

@@ -16,8 +16,19 @@ import pandas as pd
 from pipeline.data import iard as iard_reader
 from pipeline.data import inspired as inspired_reader
 from pipeline.data import redial as redial_reader
-from pipeline.data.common import IngestError, IngestLog, build_rec_turns, dialogues_frame, split_counts
-from pipeline.data.items import metadata_by_title_year, read_id2info, read_redial_movies, redial_items
+from pipeline.data.common import (
+    IngestError,
+    IngestLog,
+    build_rec_turns,
+    dialogues_frame,
+    split_counts,
+)
+from pipeline.data.items import (
+    metadata_by_title_year,
+    read_id2info,
+    read_redial_movies,
+    redial_items,
+)
 from pipeline.errors import ParamError
 from pipeline.io import atomic_dir, write_json
 

@@ -7,7 +7,7 @@ Two formats:
   a list of turns ``{text, role, movie: ["Title (Year)", ...]}`` — the only copy of train on the mirror.
   Used for a split only when its TSV is absent.
 
-Items are keyed ``inspired:<Title> (<Year>)``; a mention without a year is never a key (EVALUATION.md):
+Items are keyed ``inspired:<Title> (<Year>)``; a mention without a year is never a key:
 it is dropped from the item ids, counted and reported. Descriptions: ``movie_database.tsv`` when present,
 else ReDial metadata joined by (title, year), else the title alone; the report counts each case.
 Splits: train, dev (-> valid), test, as released.
@@ -22,9 +22,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import schemas
-from pipeline.data.common import (Dialogue, IngestError, IngestLog, Utterance, check_list, check_object, check_record_size, check_text,
-                                  display_title, normalize_space, read_text, split_title_year)
+from pipeline.data import schemas
+from pipeline.data.common import (
+    Dialogue,
+    IngestError,
+    IngestLog,
+    Utterance,
+    check_list,
+    check_object,
+    check_record_size,
+    check_text,
+    display_title,
+    normalize_space,
+    read_text,
+    split_title_year,
+)
 from pipeline.data.items import describe
 
 TSV_COLUMNS = ("dialog_id", "utt_id", "speaker", "text", "movies")

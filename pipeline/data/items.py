@@ -15,8 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import schemas
-from pipeline.data.common import IngestError, IngestLog, display_title, read_text, split_title_year
+from pipeline.data import schemas
+from pipeline.data.common import (
+    IngestError,
+    IngestLog,
+    display_title,
+    read_text,
+    split_title_year,
+)
 
 
 @dataclass(frozen=True)

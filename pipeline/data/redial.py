@@ -24,8 +24,20 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.data.common import (Dialogue, IngestError, IngestLog, Utterance, check_list, check_object, check_record_size, check_text,
-                                  display_title, hash_fraction, read_text, split_title_year)
+from pipeline.data.common import (
+    Dialogue,
+    IngestError,
+    IngestLog,
+    Utterance,
+    check_list,
+    check_object,
+    check_record_size,
+    check_text,
+    display_title,
+    hash_fraction,
+    read_text,
+    split_title_year,
+)
 from pipeline.data.items import Movie
 
 MENTION = re.compile(r"@(\d+)")

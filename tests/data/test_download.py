@@ -12,7 +12,6 @@ import pytest
 
 from pipeline.data.download import DownloadError, download, file_digests
 from pipeline.data.sources import RawFile, sources_for
-
 from tests.conftest import RAW
 
 TEST_FILE = RAW / "redial/test_data.jsonl"

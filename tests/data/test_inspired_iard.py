@@ -7,7 +7,6 @@ import pytest
 from pipeline.data.common import IngestError, IngestLog
 from pipeline.data.ingest import ingest
 from pipeline.data.inspired import read_tsv
-
 from tests.conftest import RAW
 
 

@@ -6,12 +6,11 @@ import json
 
 import pytest
 
+from pipeline.data import schemas
 from pipeline.data.common import IngestError, IngestLog
 from pipeline.data.ingest import ingest, write_ingest
 from pipeline.data.items import read_redial_movies
 from pipeline.data.redial import read_jsonl, read_redial
-from pipeline import schemas
-
 from tests.conftest import RAW
 
 
