@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.errors import ParamError
 from pipeline.retrieval.index import build_index, search, write_index
 
 
@@ -45,5 +46,5 @@ def test_search_caps_k_at_the_corpus_size_and_indexes_round_trip(tmp_path):
     assert ids.shape == (2, 7)
     write_index(index, tmp_path / "x.faiss")
     assert (search(faiss.read_index(str(tmp_path / "x.faiss")), vectors[:2], 3)[1] == search(index, vectors[:2], 3)[1]).all()
-    with pytest.raises(ValueError, match="index kind"):
+    with pytest.raises(ParamError, match="mining.index: .lsh.; expected one of"):
         build_index(vectors, kind="lsh")
