@@ -72,14 +72,20 @@ def tiny_run(tmp_path_factory) -> TinyRun:
         repo = Path(os.environ["REFICR_TINY_RUN"])
         assert (repo / "data/eval/redial/recommender.json").exists(), f"REFICR_TINY_RUN={repo}: no trained run there"
         return TinyRun(repo, yaml.safe_load((repo / "params.yaml").read_text()))
-    repo = tmp_path_factory.mktemp("tiny") / "repo"
+    params = yaml.safe_load((ROOT / "profiles/tiny.yaml").read_text())
+    params["data"]["manifest"] = "tests/fixtures/raw/manifest.json"
+    return build_run(tmp_path_factory, "tiny", params)
+
+
+def build_run(tmp_path_factory, name: str, params: dict) -> TinyRun:
+    """`dvc repro` of the whole DAG with ``params`` in a temporary git + DVC copy of this repo (the committed slices
+    as the download mirror)."""
+    repo = tmp_path_factory.mktemp(name) / "repo"
     for rel in tracked_files():
         dest = repo / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dest)
     env = repo_env(repo)
-    params = yaml.safe_load((repo / "profiles/tiny.yaml").read_text())
-    params["data"]["manifest"] = "tests/fixtures/raw/manifest.json"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo, env)
     run(["dvc", "repro"], repo, env)
