@@ -11,7 +11,7 @@ are given), then mining with faiss-gpu against faiss-cpu. Results, one JSON each
    (``--miniature``: of its miniature twin, with the small model's tokenizer).
 3. ``bench/gpu_full_scale.py`` with profiles/gritlm-7b.yaml, ``model.path`` set to that folder, and the steps cut to
    ``--steps`` (``--miniature``: the CPU stand-ins ``model.device: cpu``, ``mining.use_gpu: false`` and the tiny
-   profile's sizes, as the test suite's twin).
+   profile's main sizes, ``TINY_SIZES``).
 4. ``mine_negatives`` again in that run folder with ``mining.use_gpu`` true and false, timed
    (``mining-faiss.json``); on a CPU only the false one runs.
 """

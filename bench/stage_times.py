@@ -1,5 +1,5 @@
 """Time a command that runs DVC stages (``make run`` from a fresh clone, ``dvc repro``) stage by stage: the README's
-per-stage table and issue 10's budget figure in one run.
+per-stage table and the budget figure in one run.
 
     python3 bench/stage_times.py -- make run                      # from a fresh clone, nothing else running
     python3 bench/stage_times.py --out /tmp/t.json -- dvc repro evaluate@inspired

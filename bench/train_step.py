@@ -1,5 +1,5 @@
 """Benchmark: what one training step costs, and how many Conv2Item training queries a minute buys, for today's
-objectives and the cheaper settings of issue 10 (LoRA on the top layers, a cached item table, a bf16 frozen base).
+objectives and the cheaper CPU settings (LoRA on the top layers, a cached item table, a bf16 frozen base).
 
     python bench/train_step.py --out bench/results-train-step.json        # needs data/instructions + models/base
 

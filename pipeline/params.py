@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from pipeline.errors import ParamError
 
@@ -62,10 +72,11 @@ class Lora(Section):
 class Model(Section):
     preset: Literal["small", "gritlm-7b"]
     path: str = Field(description='"" = the preset; else a local model folder or .gguf file')
-    device: Literal["auto", "cpu", "cuda"]
+    device: Literal["auto", "cpu", "cuda"] | Annotated[str, StringConstraints(pattern=r"^cuda:\d+$")] = Field(
+        description="auto, cpu, cuda or cuda:N (cuda without CUDA is an error)")
     dtype: DType
     inference_dtype: Literal["auto", "float32", "bfloat16"]
-    quantization: Literal["nf4"] | None = Field(description="null, or nf4 (QLoRA; CUDA only)")
+    quantization: Literal["nf4"] | None = Field(description="null, or nf4 (QLoRA; bitsandbytes runs it on a CPU too, slowly)")
     mixed_precision: Literal["no", "bf16", "fp16"]
     lora: Lora
 
@@ -148,9 +159,15 @@ class Ranking(Section):
 
 class ItemOffsets(Section):
     fit: StrictBool
-    lr: Rate
-    epochs: Positive
-    batch_size: Positive
+    lr: Weight
+    epochs: Count
+    batch_size: Count
+
+    @model_validator(mode="after")
+    def fitting_needs_a_schedule(self) -> "ItemOffsets":
+        if self.fit and (self.epochs < 1 or self.batch_size < 1 or self.lr <= 0):
+            raise ValueError("expected epochs >= 1, batch_size >= 1 and lr > 0 when fit is true")
+        return self
 
 
 class Knowledge(Section):
@@ -175,7 +192,7 @@ class Eval(Section):
     max_dm: Count = Field(description="0 = all")
     max_dm_generation: Count
     dm_validation: DMValidation
-    top_k: Annotated[StrictInt, Field(ge=10)]
+    top_k: Annotated[StrictInt, Field(ge=50, description="the lists' length: Recall@50 needs 50")]
     prior_betas: list[Weight] = Field(min_length=1)
     max_validation: Count = Field(description="0 = all")
     bootstrap: Positive
@@ -201,6 +218,12 @@ class Params(Section):
     item_offsets: ItemOffsets
     knowledge: Knowledge
     eval: Eval
+
+    @model_validator(mode="after")
+    def ranking_fits_the_list(self) -> "Params":
+        if self.ranking.candidates > self.eval.top_k:
+            raise ValueError(f"expected ranking.candidates ({self.ranking.candidates}) <= eval.top_k ({self.eval.top_k})")
+        return self
 
 
 UNION_TAGS = {"int", "float", "bool", "str", "none", "[key]"}  # where pydantic's error locations name a union's branch
@@ -258,6 +281,9 @@ def validate(params: Any, source: str = "params.yaml") -> dict:
         key = ".".join(str(p) for p in loc)
         allowed = _allowed(error)
         help_text = _field_help(loc)
+        if error["type"] == "value_error":  # a rule across keys (a model validator): its own words
+            where = f"{source}: {key}" if key else source
+            raise ParamError(f"{where}: {error['msg'].removeprefix('Value error, ')}") from None
         what = "missing" if error["type"] == "missing" else f"{error['input']!r} is not allowed"
         if error["type"] == "extra_forbidden":
             what, allowed = "unknown key", "one of " + ", ".join(_keys(loc[:-1]))

@@ -1,5 +1,6 @@
-"""Dialogue management's choice (pipeline.workflow.dialogue): choices, prior, the weighted decision, the validation
-split, the sweep and the DM head, with numbers worked out by hand."""
+"""Dialogue management's choice (pipeline.workflow.dialogue: choices, prior, the weighted decision, the DM head),
+its validation split (pipeline.data.splits) and sweep (pipeline.evaluation.dm_validation), with numbers worked out by
+hand."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """dvc.yaml declares what each stage really depends on: every pipeline/ and stages/ module a stage imports
-(derived from the code, transitively) is among its deps, so an edit there makes `dvc status` say so; and the
-library never imports the stages."""
+(derived from the code, transitively) is among its deps, so an edit there makes `dvc status` say so (the params
+schema aside: ``NOT_A_RESULT``); the library never imports the stages; its folders import only down their layers."""
 
 from __future__ import annotations
 

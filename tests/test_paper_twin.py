@@ -97,6 +97,16 @@ def test_the_twins_keep_every_code_path_setting_of_their_profile():
         changed = {k for k in flat(profile) if flat(profile)[k] != flat(twin)[k]}
         allowed = set(CPU_STAND_INS) | {"data.manifest", "finetune.validate_every"}
         assert all(any(k == s or k.startswith(s + ".") for s in SIZES) or k in allowed for k in changed), changed
+    code_paths = ("negatives", "model.preset", "model.dtype", "model.quantization", "model.mixed_precision",
+                  "model.inference_dtype", "model.lora", "warmup.retrieval_objective", "warmup.gradient_checkpointing",
+                  "warmup.item_bias", "finetune.retrieval_objective", "finetune.in_batch_negatives", "finetune.item_bias",
+                  "finetune.item_offset", "finetune.item_table", "finetune.gradient_checkpointing",
+                  "finetune.generation_weights", "mining.index", "mining.conv_aggregation", "mining.exclude_context_items",
+                  "item_offsets.fit", "eval.dm_validation.head_l2", "eval.prior_betas", "ranking.candidates")
+    for name in ("gritlm-7b", "small-gpu"):  # a size list that swallowed one of these would change the path
+        profile, twin = yaml.safe_load((ROOT / f"profiles/{name}.yaml").read_text()), twin_params(name)
+        assert all(get(profile, key) == get(twin, key) for key in code_paths), name
+        assert not any(key == size or key.startswith(size + ".") for key in code_paths for size in SIZES)
     paper = twin_params("gritlm-7b")
     assert (paper["model"]["quantization"], paper["model"]["dtype"], paper["model"]["mixed_precision"]) == ("nf4", "bfloat16", "bf16")
     assert (paper["finetune"]["retrieval_objective"], paper["warmup"]["retrieval_objective"]) == ("mined", "in_batch")

@@ -67,6 +67,15 @@ def test_a_missing_key_and_an_unknown_key():
         validate(changed("extra", 1))
 
 
+def test_rules_across_keys():
+    validate(changed("item_offsets", {"fit": False, "lr": 0.001, "epochs": 0, "batch_size": 0}))  # not fitted: no schedule
+    with pytest.raises(ParamError, match=r"^params.yaml: item_offsets: expected epochs >= 1, batch_size >= 1 and lr > 0 "):
+        validate(changed("item_offsets.epochs", 0))
+    with pytest.raises(ParamError, match=r"^params.yaml: expected ranking.candidates \(60\) <= eval.top_k \(50\)$"):
+        validate(changed("ranking.candidates", 60))
+    validate(changed("model.device", "cuda:1"))  # a device the loader takes, though not on this machine
+
+
 def run_stage(root: Path, module: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, REFICR_ROOT=str(root))
     env.pop("REFICR_DEBUG", None)

@@ -89,7 +89,8 @@ def context_item_lists(dialogues: pd.DataFrame, instance_ids: list[str]) -> list
 
 
 def rank_scores(query_vecs: np.ndarray, table: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """How retrieval scores the catalogue: cosine, plus ``temperature * bias`` when the run learned one."""
+    """How retrieval scores the catalogue: cosine, plus ``bias`` (already scaled by the temperature) when the run
+    learned one."""
     scores = query_vecs @ table.T
     return scores + bias[None, :] if bias is not None else scores
 

@@ -4,7 +4,7 @@ row of the table fine-tuning scored against and re-normalised (``pipeline.traini
 same softmax over the whole catalogue (``catalogue_loss``). Fitting them jointly with the adapter
 (``finetune.item_offset``) moved them under a query encoder that was still moving and did not pass validation on
 ReDial; fitted against the trained encoder they reached ReDial's validation gain only with ~5,000 contexts
-(bench/item_side_probe.py, README). Whether a dataset keeps them is decided on its validation split
+(docs/experiments.md). Whether a dataset keeps them is decided on its validation split
 (``OffsetChoice.decide``), with retrieval+prior's beta chosen again.
 """
 

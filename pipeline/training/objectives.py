@@ -1,8 +1,8 @@
 """What one training step computes: batches drawn from instruction data, turned into ReFICR's losses.
 
-- ``warmup_objective`` (ReFICR_INIT, Eq. 1): per task (Conv2Item, Conv2Conv) a batch of (query, positive)
+- ``WarmupObjective`` (ReFICR_INIT, Eq. 1): per task (Conv2Item, Conv2Conv) a batch of (query, positive)
   pairs, in-batch negatives, false negatives (a document that shares a gold item with the query) masked.
-- ``finetune_objective`` (Eq. 4-7): per retrieval task a batch of queries, each with
+- ``FinetuneObjective`` (Eq. 4-7): per retrieval task a batch of queries, each with
   ``[positive, negative_1..negative_k]`` (mined), in-batch negatives optional; plus a batch of generation
   instances (ranking, dialogue management, response generation; a task drawn with probability proportional to
   its integer ``weight``, equal by default, 0 leaving it out) for the LM loss;

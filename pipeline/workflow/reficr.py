@@ -1,10 +1,9 @@
 """The ReFICR workflow as a library (paper Fig. 1): manage the dialogue, retrieve candidates (Conv2Item),
 retrieve collaborative knowledge (Conv2Conv), rank the candidates with the LLM, generate the response.
 
-``ReFICR`` works on batches of rendered contexts, so that evaluation (``pipeline.evaluation.protocol``), mining and the
+``ReFICR`` works on batches of rendered contexts, so that evaluation (``pipeline.evaluation.protocol``) and the
 CLI run the same code; ``ReFICR.turn`` is one conversation turn, and ``ReFICR.from_run`` loads the trained
-system that ``evaluate@<dataset>`` saved. Embedding matrices are L2-normalised float32; search is exact
-inner product (``pipeline.retrieval.index``).
+system that ``evaluate@<dataset>`` saved. What it searches: ``pipeline.retrieval.corpus``.
 """
 
 from __future__ import annotations
