@@ -28,25 +28,15 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stages.common import outputs, stage_table  # noqa: E402
 
 
 def stage_graph(dvc_yaml: Path) -> list[dict]:
-    """dvc.yaml's stages in file order, ``foreach`` expanded: name, cmd, deps, outs (plots count as outs)."""
-    spec = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    stages = []
-    for name, body in spec.items():
-        variants = [(f"{name}@{item}", body["do"], item) for item in body["foreach"]] if "foreach" in body \
-            else [(name, body, None)]
-        for full, stage, item in variants:
-            def fill(text: str) -> str:
-                return text.replace("${item}", str(item)) if item is not None else text
-
-            # an out, plot or metric is a path, or a one-key mapping {path: options}
-            outs = [fill(o if isinstance(o, str) else next(iter(o)))
-                    for key in ("outs", "plots", "metrics") for o in stage.get(key, [])]
-            stages.append({"name": full, "cmd": fill(stage["cmd"]), "deps": [fill(d) for d in stage.get("deps", [])],
-                           "outs": outs})
-    return stages
+    """dvc.yaml's stages in file order, ``foreach`` expanded: name, cmd, deps, outs (plots and metrics count as outs)."""
+    return [{"name": name, "cmd": stage["cmd"], "deps": list(stage.get("deps", [])), "outs": outputs(stage)}
+            for name, stage in stage_table(dvc_yaml).items()]
 
 
 def _under(path: str, folder: str) -> bool:

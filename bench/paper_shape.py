@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.hardware import cpu_flags  # noqa: E402
-from pipeline.model.architectures import GRITLM_7B, miniature  # noqa: E402
+from pipeline.model.architectures import GRITLM_7B, miniature, random_mistral  # noqa: E402
 from pipeline.model.lm import LoraSettings, RetrievableLM  # noqa: E402
 from pipeline.training.losses import joint_loss, mined_negatives_loss  # noqa: E402
 
@@ -94,19 +94,12 @@ def gib(kib: int) -> float:
 
 
 def build(shape: dict, device: str, tokenizer_dir: Path, seed: int) -> tuple[RetrievableLM, float]:
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)  # only its pad id is used: the ids fed are random
-    config = MistralConfig(**shape, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda" if device == "cuda" else "cpu"):
-            model = MistralForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
+    model = random_mistral(shape | {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}, "bfloat16",
+                           "cuda" if device == "cuda" else "cpu", seed)
     lm = RetrievableLM(model, tokenizer)
     return lm, time.perf_counter() - start
 
@@ -246,13 +239,18 @@ def plan(shape: dict, rows: list[dict], counts: dict, profile: dict, layer_rows:
     return out
 
 
-def trained(shape: dict, device: str, tokenizer: Path) -> tuple[RetrievableLM, torch.optim.Optimizer, float]:
-    """The shape with random weights, LoRA as the profile sets it, gradient checkpointing, AdamW."""
-    lm, build_s = build(shape, device, tokenizer, seed=0)
+def for_training(lm: RetrievableLM) -> torch.optim.Optimizer:
+    """LoRA as the gritlm-7b profile sets it, gradient checkpointing, training mode; AdamW on the LoRA weights."""
     lm.attach_lora(LoraSettings(r=64, alpha=16, dropout=0.05, layers=None), seed=0)
     lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.model.train()
-    return lm, torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=2e-5), build_s
+    return torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=2e-5)
+
+
+def trained(shape: dict, device: str, tokenizer: Path) -> tuple[RetrievableLM, torch.optim.Optimizer, float]:
+    """The shape with random weights, ready for ``one_step``."""
+    lm, build_s = build(shape, device, tokenizer, seed=0)
+    return lm, for_training(lm), build_s
 
 
 def memory_rows(shape: dict, args, rng: random.Random) -> list[dict]:
@@ -298,11 +296,8 @@ def main() -> None:
     print(f"built in {build_s:.0f} s, RSS {result['rss_after_build_gib']} GiB", flush=True)
     result["attention"] = attention_check(lm, rng)
     print(result["attention"], flush=True)
-    lm.attach_lora(LoraSettings(r=64, alpha=16, dropout=0.05, layers=None), seed=0)
-    lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lm.model.train()
+    optimizer = for_training(lm)
     result["parameters"] = parameter_counts(lm)
-    optimizer = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=2e-5)
     result["warmup_step"] = one_step(lm, optimizer, args.warmup_scale, rng, temperature=0.02)
     print(result["warmup_step"], flush=True)
     result["steps"] = []

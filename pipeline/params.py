@@ -247,25 +247,28 @@ def _allowed(error: dict) -> str:
     return error["msg"].lower()
 
 
-def _field_help(loc: tuple) -> str:
-    """The description of the field at ``loc`` (empty when it has none)."""
-    model: Any = Params
-    info = None
+def _field(loc: tuple) -> tuple[Any, Any]:
+    """(the annotation, the field info) of the schema at ``loc``; (None, None) where ``loc`` leaves the schema
+    (a list index, a key it does not have)."""
+    model, info = Params, None
     for part in loc:
         fields = getattr(model, "model_fields", None)
         if not fields or part not in fields:
-            return ""
+            return None, None
         info = fields[part]
         model = info.annotation
+    return model, info
+
+
+def _field_help(loc: tuple) -> str:
+    """The description of the field at ``loc`` (empty when it has none)."""
+    info = _field(loc)[1]
     return (info.description or "") if info else ""
 
 
 def _keys(loc: tuple) -> list[str]:
     """The keys the schema has at ``loc`` (a section's path)."""
-    model: Any = Params
-    for part in loc:
-        model = model.model_fields[part].annotation
-    return list(getattr(model, "model_fields", {}))
+    return list(getattr(_field(loc)[0], "model_fields", {}))
 
 
 def validate(params: Any, source: str = "params.yaml") -> dict:

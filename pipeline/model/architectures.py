@@ -4,8 +4,9 @@
 heads sharing 8 key/value heads, a SiLU MLP of 14336, a 32,000-token vocabulary, RoPE theta 10,000, a 4,096-token
 sliding window, untied embeddings). ``miniature`` shrinks it to a few layers and a small width and keeps every
 setting that selects a code path, so the test suite can run the paper's profile through the whole DAG on a CPU;
-``bench/paper_shape.py`` builds it at full size to time one training step. ``random_model`` writes either as a local
-model folder (safetensors) with a given tokenizer, the vocabulary set to the tokenizer's.
+``bench/paper_shape.py`` builds it at full size to time one training step. ``random_mistral`` builds either with
+random weights in a given dtype; ``random_model`` writes one as a local model folder (safetensors) with a given
+tokenizer, the vocabulary set to the tokenizer's.
 """
 
 from __future__ import annotations
@@ -42,29 +43,33 @@ def miniature(config: dict, layers: int = 2, hidden: int = 128, heads: int = 4) 
                      "num_key_value_heads": heads // ratio, "head_dim": hidden // heads, "intermediate_size": mlp}
 
 
-def mistral_config(config: dict, tokenizer):
-    """A ``MistralConfig`` of ``config`` whose vocabulary and special tokens are ``tokenizer``'s."""
-    from transformers import MistralConfig
-
-    return MistralConfig(**(config | {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
-                                      "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}))
-
-
-def random_model(config: dict, tokenizer_dir: str | Path, out_dir: str | Path, seed: int = 0,
-                 dtype: str = "float32") -> Path:
-    """A ``MistralForCausalLM`` of ``config`` with seeded random weights in ``dtype`` (bfloat16 for the full size:
-    half the memory and disk), saved with ``tokenizer_dir``'s tokenizer as a model folder ``model.path`` can name."""
+def random_mistral(config: dict, dtype: str = "float32", device: str = "cpu", seed: int = 0):
+    """A ``MistralForCausalLM`` of ``config`` (``MistralConfig``'s keys) with seeded random weights, built in
+    ``dtype`` directly on ``device`` (no float32 copy of a 7B model on the way)."""
     import torch
-    from transformers import AutoTokenizer, MistralForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(getattr(torch, dtype))
     try:
-        model = MistralForCausalLM(mistral_config(config, tokenizer))
+        with torch.device(device):
+            return MistralForCausalLM(MistralConfig(**config))
     finally:
         torch.set_default_dtype(default)
+
+
+def random_model(config: dict, tokenizer_dir: str | Path, out_dir: str | Path, seed: int = 0,
+                 dtype: str = "float32") -> Path:
+    """``random_mistral`` of ``config`` with ``tokenizer_dir``'s vocabulary and special tokens, in ``dtype``
+    (bfloat16 for the full size: half the memory and disk), saved with that tokenizer as a model folder
+    ``model.path`` can name."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = random_mistral(config | {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+                           dtype, seed=seed)
     out = Path(out_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
