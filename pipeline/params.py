@@ -202,6 +202,16 @@ class Eval(Section):
     max_new_tokens_dm: Positive
 
 
+class Simulate(Section):
+    dialogues: PerDataset = Field(description="seeded test dialogues per dataset, 0 = all")
+    turns: Positive = Field(description="recommender turns before a seeker gives up")
+    opening: Literal["dialogue", "template"] = Field(description="the first seeker utterance: the dialogue's or from metadata")
+    seeker: Literal["template", "model"] = Field(description="who writes the seeker's words")
+    max_new_tokens_seeker: Positive
+    always_recommend: StrictBool = Field(description="also ReFICR recommending at every turn (ranked+knowledge)")
+    transcripts: Count
+
+
 class Params(Section):
     profile: str
     seed: Count
@@ -218,6 +228,7 @@ class Params(Section):
     item_offsets: ItemOffsets
     knowledge: Knowledge
     eval: Eval
+    simulate: Simulate
 
     @model_validator(mode="after")
     def ranking_fits_the_list(self) -> "Params":

@@ -113,6 +113,8 @@ def test_dvc_repro_runs_the_whole_dag_on_fixture_slices(tiny_run, tmp_path):
                                   {"mine_negatives", "embed_base_items@redial", "embed_base_items@inspired", "validate_dm",
                                    "embed_contexts@redial", "embed_contexts@inspired", "evaluate@redial", "evaluate@inspired"}),
                                  (("eval", "max_retrieval", "redial"), 29, {"evaluate@redial"}),
+                                 (("simulate", "dialogues", "redial"), 5, {"simulate@redial"}),
+                                 (("simulate", "turns"), 2, {"simulate@redial", "simulate@inspired"}),
                                  (("eval", "dm_validation", "weights"), [0, 0.5], {"validate_dm"}),
                                  (("eval", "dm_validation", "fraction"), 0.5, {"finetune", "validate_dm"})):  # tiny: 0.3
         changed_params = yaml.safe_load(yaml.safe_dump(original))

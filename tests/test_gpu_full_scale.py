@@ -33,11 +33,14 @@ def test_a_failed_stage_skips_only_what_depends_on_it():
     stages = gpu_full_scale.plan(ROOT / "dvc.yaml", ("data/raw", "data/interim"))
     assert gpu_full_scale.downstream(stages, "warmup") == {
         "mine_negatives", "finetune", "validate_dm", "embed_contexts@redial", "embed_contexts@inspired", "fit_items@redial",
-        "fit_items@inspired", "evaluate@redial", "evaluate@inspired", "summarize"}
-    assert gpu_full_scale.downstream(stages, "fit_items@inspired") == {"evaluate@inspired", "summarize"}
-    assert gpu_full_scale.downstream(stages, "embed_contexts@redial") == {"fit_items@redial", "evaluate@redial", "summarize"}
-    assert gpu_full_scale.downstream(stages, "validate_dm") == {"evaluate@redial", "evaluate@inspired", "summarize"}
-    assert gpu_full_scale.downstream(stages, "evaluate@redial") == {"summarize"}
+        "fit_items@inspired", "evaluate@redial", "evaluate@inspired", "simulate@redial", "simulate@inspired", "summarize"}
+    assert gpu_full_scale.downstream(stages, "fit_items@inspired") == {"evaluate@inspired", "simulate@inspired", "summarize"}
+    assert gpu_full_scale.downstream(stages, "embed_contexts@redial") == {"fit_items@redial", "evaluate@redial",
+                                                                          "simulate@redial", "summarize"}
+    assert gpu_full_scale.downstream(stages, "validate_dm") == {"evaluate@redial", "evaluate@inspired", "simulate@redial",
+                                                                "simulate@inspired", "summarize"}
+    assert gpu_full_scale.downstream(stages, "evaluate@redial") == {"simulate@redial", "summarize"}
+    assert gpu_full_scale.downstream(stages, "simulate@inspired") == {"summarize"}
 
 
 def test_a_cycle_is_an_error_naming_the_file(tmp_path):

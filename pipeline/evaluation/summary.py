@@ -22,7 +22,7 @@ def dm_prior(m: dict) -> str:
 
 def fmt(m: dict, key: str) -> str:
     value = m.get(key)
-    if value is None:
+    if value is None or value != value:  # missing, or nan (a mean over nothing)
         return "–"
     low, high = m.get(f"{key}.ci_low"), m.get(f"{key}.ci_high")
     return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
@@ -154,8 +154,8 @@ def knowledge_lines(m: dict) -> list[str]:
     return lines
 
 
-def summary_markdown(metrics: dict[str, dict]) -> str:
-    """``metrics``: dataset -> its flat metrics."""
+def summary_markdown(metrics: dict[str, dict], simulated: dict[str, dict] | None = None) -> str:
+    """``metrics``: dataset -> its flat metrics; ``simulated``: dataset -> its ``simulate.*`` metrics."""
     lines = ["# reficr evaluation summary", "",
              "Test split; per-item Recall@k (CRSLab convention) unless said; `full` = all gold items, `dedup` = gold items "
              "not seen in the context. Retrieval-only systems are scored on every test instance where `eval.max_retrieval` is 0. "
@@ -164,7 +164,55 @@ def summary_markdown(metrics: dict[str, dict]) -> str:
     lines += published_table(metrics["redial"])
     for dataset, name in DATASETS:
         lines += table(name, metrics[dataset])
+    for dataset, name in DATASETS:
+        if simulated and dataset in simulated:
+            lines += simulation_table(name, simulated[dataset])
     return "\n".join(lines)
+
+
+def simulation_systems(m: dict) -> list[str]:
+    """The simulated systems, in the order the stage ran them."""
+    return list(dict.fromkeys(k.split(".")[1] for k in m if k.endswith(".success@1") and not k.startswith("simulate.paired")))
+
+
+def simulation_table(name: str, m: dict) -> list[str]:
+    """Simulated seekers (``pipeline.evaluation.simulation``): success within 1, 3 and T turns, mean turns to success,
+    the last list's Recall, how often the system recommended; the reference system's paired differences."""
+    turns, n = int(m["simulate.turns"]), int(m["simulate.dialogues.simulated"])
+    shown = sorted({1, min(3, turns), turns})
+    opening = ("opens with the dialogue's first seeker utterance (a request from the metadata where that names a target)"
+               if m.get("simulate.opening") == "dialogue" else "opens with a request built from the metadata")
+    lines = [f"## {name}: simulated seekers ({n} seeded test dialogues, up to {turns} turns, {m['simulate.seeker']} seeker)", "",
+             f"A seeker knows its dialogue's gold items (targets), {opening}, answers a question or a miss with one "
+             "attribute of a target (genre, director, actor, decade), never its title, and accepts when a target is "
+             "among the recommended items. 95% bootstrap CIs over dialogues.", "",
+             "| system | " + " | ".join(f"success@{t}" for t in shown) + " | mean turns to success (n) | last list R@10 | "
+             "last list R@50 | recommends at |", "| --- |" + " ---: |" * (len(shown) + 4)]
+    for system in simulation_systems(m):
+        p = f"simulate.{system}"
+        share = m[f"{p}.recommend_share"]
+        lines.append(f"| {system} | " + " | ".join(fmt(m, f"{p}.success@{t}") for t in shown) + " | "
+                     f"{fmt(m, f'{p}.mean_turns_to_success')} ({m[f'{p}.mean_turns_to_success.n']}) | "
+                     f"{fmt(m, f'{p}.last_list.recall@10')} | {fmt(m, f'{p}.last_list.recall@50')} | "
+                     + ("–" if share != share else f"{share:.0%} of turns") + " |")
+    paired = [k[len("simulate.paired."):-len(f".success@{turns}")] for k in m
+              if k.startswith("simulate.paired.") and k.endswith(f".success@{turns}")]
+    if paired:
+        reference = paired[0].split("-", 1)[0]
+        lines += ["", f"{reference} minus each system, success@{turns}, paired over the same seekers: "
+                  + "; ".join(f"{k.split('-', 1)[1]} {fmt(m, f'simulate.paired.{k}.success@{turns}')}" for k in paired)]
+        asked = f"simulate.{reference}.asked_first"
+        if f"{asked}.n" in m:
+            told = f"simulate.{reference}.recommended_first"
+            lines.append(f"- {reference} asked first in {m[f'{asked}.n']} dialogues (success@{turns} "
+                         f"{fmt(m, f'{asked}.success@{turns}')}) and recommended first in {m[f'{told}.n']} "
+                         f"({fmt(m, f'{told}.success@{turns}')}); descriptive, not causal: dialogue management asks where "
+                         "the opening says little")
+        lines.append(f"- seeker utterances replaced because they would have named a target: "
+                     f"{int(m.get(f'simulate.{reference}.seeker_replaced', 0))}"
+                     + (f"; the model seeker's utterances regenerated: {int(m.get(f'simulate.{reference}.seeker_regenerated', 0))}"
+                        if m.get("simulate.seeker") == "model" else "") + f" ({reference}'s seekers)")
+    return lines + [""]
 
 
 def grounding_lines(m: dict) -> list[str]:
