@@ -13,6 +13,7 @@ from pipeline.model.settings import ModelSettings, RecommenderSettings
 from pipeline.retrieval.corpus import ConversationStore, ItemCorpus, context_item_lists
 from pipeline.tasks import templates
 from pipeline.workflow.dialogue import dm_evidence
+from pipeline.workflow.knowledge import MentionLinker, Recommender
 from pipeline.workflow.reficr import ReFICR
 from tests.conftest import RAW
 
@@ -63,12 +64,18 @@ def test_knowledge_comes_from_the_nearest_conversation_of_another_dialogue(syste
 
 @pytest.mark.slow
 def test_a_forced_turn_recommends_ranked_candidates_and_answers(system):
-    reficr, _ = system
-    turn = reficr.turn([{"speaker": "seeker", "text": "Hi! Can you recommend a funny movie like Superbad?"}], force_recommend=True)
+    reficr, _ = system  # a run without retrieval+knowledge's choice: the candidates are Conv2Item's
+    ids = reficr.corpus.item_ids
+    recommender = Recommender(reficr, None, None, MentionLinker(reficr.title, np.zeros(len(ids)), ids), 1.0)
+    turn = recommender.turn([{"speaker": "seeker", "text": "Hi! Can you recommend a funny movie like Superbad?"}],
+                            force_recommend=True)
+    query = reficr.encoder.conversations([reficr.render([{"speaker": "seeker", "text": "Hi! Can you recommend a funny "
+                                                          "movie like Superbad?"}])], templates.CONV2ITEM_QUERY)
+    assert set(turn.candidates) == set(reficr.corpus.top(query, SETTINGS.candidates)[0])
     assert len(turn.candidates) == SETTINGS.candidates and set(turn.candidates) <= set(reficr.corpus.item_ids)
     assert len(turn.recommended) == SETTINGS.items_in_response and set(turn.recommended) <= set(turn.candidates)
     assert turn.knowledge.startswith("Recommended to a user") and isinstance(turn.response, str)
-    unforced = reficr.turn([{"speaker": "seeker", "text": "Hello there"}])
+    unforced = recommender.turn([{"speaker": "seeker", "text": "Hello there"}])
     assert bool(unforced.candidates) == ("Recommend" in unforced.actions)  # recommends only when DM says so
     assert unforced.recommended == [] or "Recommend" in unforced.actions
 

@@ -1,5 +1,5 @@
 """`reficr serve` (pipeline/service/serve.py) on the tiny profile's trained run (conftest ``tiny_run``, built once per
-session): every endpoint, every input limit, a forced turn that matches ``ReFICR.turn`` and ``reficr recommend``,
+session): every endpoint, every input limit, a forced turn that matches ``Recommender.turn`` and ``reficr recommend``,
 a model failure (500 + logged id), concurrent clients, and a schemathesis property run over the OpenAPI schema."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from schemathesis import GenerationMode
 from pipeline.errors import MissingArtifactError
 from pipeline.model.base_model import weights_hash
 from pipeline.tasks import templates
+from pipeline.workflow.fusion import Queries
 from tests.conftest import repo_env, run
 
 pytestmark = pytest.mark.slow
@@ -97,7 +98,9 @@ def test_a_forced_turn_is_the_recommenders_turn_with_scores_and_timings(client, 
     # each score is the item's retrieval+knowledge score (what the candidates are ranked by), best first
     text = system.render(SUPERBAD)
     vector = system.encoder.conversations([text], templates.CONV2ITEM_QUERY)
-    scores = recommender.scores(text, recommender.named(SUPERBAD), vector)
+    logits = system.corpus.scores(vector) / recommender.temperature
+    queries = Queries([text], [recommender.named(SUPERBAD)], vector, logits)
+    scores = recommender.scorer.scores(queries, recommender.choice.fusion_weights, recommender.choice)[0]
     row = {item: i for i, item in enumerate(system.corpus.item_ids)}
     assert [c["score"] for c in answer["candidates"]] == pytest.approx([float(scores[row[c["item_id"]]]) for c in answer["candidates"]], abs=1e-5)
     assert all(a["score"] >= b["score"] - 1e-5 for a, b in zip(answer["candidates"], answer["candidates"][1:]))

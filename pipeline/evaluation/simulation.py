@@ -31,7 +31,6 @@ from pipeline.evaluation.metrics import bootstrap_ci, turn_recall
 from pipeline.evaluation.seeker import Attributes, MetadataIndex, TemplateSeeker
 from pipeline.retrieval.collaborative import top_without
 from pipeline.tasks import templates
-from pipeline.workflow.fusion import Queries
 from pipeline.workflow.grounding import ITEM_TAG
 from pipeline.workflow.knowledge import Recommender
 
@@ -148,18 +147,6 @@ def recommendation_reply(titles: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- the recommenders
-def fused_scores(rec: Recommender, texts: list[str], named: list[list[str]], weights: dict[str, float]) -> np.ndarray:
-    """[contexts, items]: the mixture ``weights`` names, over ``rec``'s signals (as ``Recommender.scores``, batched);
-    Conv2Item's query is embedded only where a weight needs it."""
-    system = rec.system
-    vectors = logits = None
-    if weights.get("retrieval") or weights.get("encoder_neighbours"):
-        vectors = system.encoder.conversations(texts, templates.CONV2ITEM_QUERY)
-        logits = system.corpus.scores(vectors) / rec.temperature
-    scores = rec.scorer.scores(Queries(texts, named, vectors, logits), weights, rec.choice)
-    return np.broadcast_to(scores, (len(texts), scores.shape[-1]))  # popularity alone is one row for every context
-
-
 class ScoredPolicy:
     """Always recommends the best-scoring items of one mixture of signals; a fixed reply names them."""
 
@@ -172,7 +159,7 @@ class ScoredPolicy:
         system = self.rec.system
         s = system.settings
         texts = [system.render(c.utterances) for c in conversations]
-        scores = fused_scores(self.rec, texts, [c.named for c in conversations], self.weights)
+        scores = self.rec.scores(texts, [c.named for c in conversations], self.weights)
         actions = []
         for row, c in zip(scores, conversations):
             ranked = top_without(row, system.corpus.item_ids, c.named, s.top_k)
@@ -201,7 +188,7 @@ class ReFICRPolicy:
         ranked: list[list[str]] = [[] for _ in texts]
         if go:
             sub = [texts[i] for i in go]
-            scores = fused_scores(self.rec, sub, [conversations[i].named for i in go], self.rec.choice.fusion_weights)
+            scores = self.rec.scores(sub, [conversations[i].named for i in go])
             lists = [top_without(row, system.corpus.item_ids, conversations[i].named, s.top_k) for row, i in zip(scores, go)]
             knowledge = system.knowledge(sub, [""] * len(sub))
             reordered, _, _ = system.rank(sub, lists, knowledge)

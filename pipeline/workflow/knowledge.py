@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -28,7 +28,7 @@ from pipeline.tasks import templates
 from pipeline.tasks.actions import ACTIONS, parse_actions
 from pipeline.workflow.fusion import KnowledgeChoice, KnowledgeScorer, Queries, every_training_turn
 from pipeline.workflow.grounding import Catalogue, normalize, without_year
-from pipeline.workflow.reficr import ReFICR, Turn
+from pipeline.workflow.reficr import ReFICR
 
 KNOWLEDGE_FILE = "knowledge.json"  # what evaluate chose on validation, saved beside the run (data/eval/<dataset>/)
 WORD = re.compile(r"[\w']+")
@@ -83,6 +83,20 @@ class MentionLinker:
 
 
 @dataclass
+class Turn:
+    """What ReFICR does at one turn: the action, candidates, knowledge, ranking and the response."""
+
+    actions: list[str]
+    dm_output: str
+    candidates: list[str]  # item ids, best first (top N)
+    knowledge: str
+    ranking_output: str
+    recommended: list[str]  # item ids, the model's order
+    response: str
+    candidate_scores: list[float] = field(default_factory=list)  # each candidate's score (Recommender.scores)
+
+
+@dataclass
 class Recommender:
     """A trained ReFICR with retrieval+knowledge's scorer (None for a run evaluated before it existed: Conv2Item alone)."""
 
@@ -119,17 +133,27 @@ class Recommender:
         """The items the conversation names, oldest first."""
         return list(dict.fromkeys(i for u in context for i in self.linker.items(u["text"])))
 
-    def scores(self, text: str, named: list[str], query: np.ndarray) -> np.ndarray:
-        """Every catalogue item's score for one context: retrieval+knowledge's mixture, or Conv2Item's."""
-        retrieval = self.system.corpus.scores(query)
+    def scores(self, texts: list[str], named: list[list[str]], weights: dict[str, float] | None = None) -> np.ndarray:
+        """[contexts, items]: every catalogue item's score per context (``named``: the items each names): the mixture
+        ``weights`` names over the run's signals (default: retrieval+knowledge's, as validation chose it), or
+        Conv2Item's for a run without that choice. Conv2Item's query is embedded only where a weight needs it."""
+        corpus, encoder = self.system.corpus, self.system.encoder
         if self.scorer is None:
-            return retrieval[0]
-        queries = Queries([text], [named], query, retrieval / self.temperature)
-        return self.scorer.scores(queries, self.choice.fusion_weights, self.choice)[0]
+            return corpus.scores(encoder.conversations(texts, templates.CONV2ITEM_QUERY))
+        weights = self.choice.fusion_weights if weights is None else weights
+        vectors = logits = None
+        if weights.get("retrieval") or weights.get("encoder_neighbours"):
+            vectors = encoder.conversations(texts, templates.CONV2ITEM_QUERY)
+            logits = corpus.scores(vectors) / self.temperature
+        scores = self.scorer.scores(Queries(texts, named, vectors, logits), weights, self.choice)
+        return np.broadcast_to(scores, (len(texts), scores.shape[-1]))  # popularity alone is one row for every context
 
     def turn(self, context: list[dict], force_recommend: bool = False, include_named: bool = False,
              timed: Callable[[str], ContextManager] = lambda stage: nullcontext()) -> Turn:
-        """``ReFICR.turn`` with retrieval+knowledge's candidates, the named items left out unless ``include_named``."""
+        """One conversation turn: dialogue management, then (when it says Recommend, or ``force_recommend``)
+        retrieval+knowledge's candidates (the named items left out unless ``include_named``), Conv2Conv's knowledge
+        and the LLM's ranking, then the reply. ``timed(stage)`` wraps each stage (dm, retrieve, knowledge, rank,
+        respond), e.g. to time it (``pipeline.service.answer``)."""
         system, s = self.system, self.system.settings
         with timed("dm"):
             text = system.render(context)
@@ -138,9 +162,8 @@ class Recommender:
         candidates, scores, knowledge, ranking_output, recommended = [], [], templates.NO_KNOWLEDGE, "", []
         if force_recommend or "Recommend" in actions:
             with timed("retrieve"):
-                query = system.encoder.conversations([text], templates.CONV2ITEM_QUERY)
                 named = self.named(context)
-                all_scores = self.scores(text, named, query)
+                all_scores = self.scores([text], [named])[0]
                 ids = system.corpus.item_ids
                 retrieved = top_without(all_scores, ids, [] if include_named else named, s.top_k)
             with timed("knowledge"):

@@ -1,18 +1,17 @@
 """The ReFICR workflow as a library (paper Fig. 1): manage the dialogue, retrieve candidates (Conv2Item),
 retrieve collaborative knowledge (Conv2Conv), rank the candidates with the LLM, generate the response.
 
-``ReFICR`` works on batches of rendered contexts, so that evaluation (``pipeline.evaluation.protocol``) and the
-CLI run the same code; ``ReFICR.turn`` is one conversation turn, and ``ReFICR.from_run`` loads the trained
-system that ``evaluate@<dataset>`` saved. What it searches: ``pipeline.retrieval.corpus``.
+``ReFICR`` works on batches of rendered contexts, so that evaluation (``pipeline.evaluation.protocol``), the
+simulated seekers and the CLI run the same code; ``ReFICR.from_run`` loads the trained system that
+``evaluate@<dataset>`` saved. One conversation turn as the product answers it: ``pipeline.workflow.knowledge``.
+What it searches: ``pipeline.retrieval.corpus``.
 """
 
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, ContextManager
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,7 @@ from pipeline.model.lm import RetrievableLM
 from pipeline.model.settings import ModelSettings, RecommenderSettings
 from pipeline.retrieval.corpus import ConversationStore, ItemCorpus
 from pipeline.tasks import templates
-from pipeline.tasks.actions import ACTIONS, parse_actions
+from pipeline.tasks.actions import ACTIONS
 from pipeline.tasks.ranking import ParsedRanking
 from pipeline.workflow.dialogue import DMHead, dm_decide, dm_evidence, dm_null, dm_starts
 from pipeline.workflow.grounding import Catalogue, Reply, ground_reply
@@ -33,20 +32,6 @@ from pipeline.workflow.ranker import rank_with_llm
 # What `evaluate@<dataset>` saves in data/eval/<dataset>/ for `from_run`.
 RUN_MANIFEST = "recommender.json"
 ITEMS_FILE, BIAS_FILE, CONVERSATIONS_FILE = "reficr_items.npy", "reficr_item_bias.npy", "reficr_conversations.npy"
-
-
-@dataclass
-class Turn:
-    """What ReFICR does at one turn: the action, candidates, knowledge, ranking and the response."""
-
-    actions: list[str]
-    dm_output: str
-    candidates: list[str]  # item ids, retrieval order (top N)
-    knowledge: str
-    ranking_output: str
-    recommended: list[str]  # item ids, the model's order
-    response: str
-    candidate_scores: list[float] = field(default_factory=list)  # each candidate's retrieval score (cosine [+ bias])
 
 
 class ReFICR:
@@ -164,31 +149,3 @@ class ReFICR:
         prompts = [templates.response_prompt(t, [self.title[i] for i in ids]) for t, ids in zip(texts, items)]
         raw = self.generate(prompts, self.settings.max_new_tokens_response)
         return [ground_reply(r, [self.title[i] for i in ids], t, self.catalogue) for r, ids, t in zip(raw, items, texts)]
-
-    # ------------------------------------------------------------------ one turn
-    def turn(self, context: list[dict], force_recommend: bool = False,
-             timed: Callable[[str], ContextManager] = lambda stage: nullcontext()) -> Turn:
-        """One conversation turn: dialogue management, then (when it says Recommend, or ``force_recommend``)
-        retrieval, knowledge and ranking, then the reply. ``timed(stage)`` wraps each stage (dm, retrieve,
-        knowledge, rank, respond), e.g. to time it (``pipeline.service.answer``)."""
-        with timed("dm"):
-            text = self.render(context)
-            dm_output = self.manage([text])[0]
-        actions = parse_actions(dm_output, ACTIONS) or []
-        candidates, scores, knowledge, ranking_output, recommended = [], [], templates.NO_KNOWLEDGE, "", []
-        if force_recommend or "Recommend" in actions:
-            with timed("retrieve"):  # = self.retrieve([text]), keeping the query to score the candidates
-                query = self.encoder.conversations([text], templates.CONV2ITEM_QUERY)
-                retrieved = self.corpus.top(query, self.settings.top_k)
-                all_scores = self.corpus.scores(query)[0]
-            with timed("knowledge"):
-                knowledge = self.knowledge([text], [""])[0]
-            with timed("rank"):
-                ranked, _, outputs = self.rank([text], retrieved, [knowledge])
-            row = {item: i for i, item in enumerate(self.corpus.item_ids)}
-            candidates, ranking_output = retrieved[0][: self.settings.candidates], outputs[0]
-            scores = [float(all_scores[row[i]]) for i in candidates]
-            recommended = ranked[0][: self.settings.items_in_response]
-        with timed("respond"):
-            response = self.respond([text], [recommended])[0]
-        return Turn(actions, dm_output, candidates, knowledge, ranking_output, recommended, response, scores)
