@@ -224,7 +224,6 @@ def test_the_model_seeker_on_the_tiny_run_never_sends_a_target(tiny_service):
     assert len({tuple(o.turns[0].recommended) for o in outcomes}) == 1
 
 
-
 @pytest.mark.slow
 def test_a_target_the_recommender_ranks_first_succeeds_at_turn_1_and_a_named_one_never(tiny_service):
     rec = tiny_service.recommender
