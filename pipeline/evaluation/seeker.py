@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation.content_check import item_genres
+from pipeline.evaluation.content_check import GENRES
 from pipeline.workflow.grounding import normalize
 
 DIRECTOR = re.compile(r"Director: (.*?)\.(?: [A-Z][a-z]+:|$)")
@@ -44,6 +44,10 @@ ACCEPTANCES = ("That sounds great, I'll watch it. Thanks!", "Perfect, that's the
 
 def with_article(word: str) -> str:
     return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+def decade(year) -> str:
+    return "" if pd.isna(year) else f"{int(year) // 10 * 10}s"
 
 
 def item_key(title: str, year) -> tuple[str, int | None]:
@@ -75,24 +79,23 @@ class MetadataIndex:
     def __init__(self, tables: Sequence[pd.DataFrame]):
         self.by_key: dict[tuple[str, int | None], Attributes] = {}
         for items in tables:
-            for row, genres in zip(items.itertuples(index=False), item_genres(items["description"])):
-                found = self._parse(row.description, genres, row.year)
+            for row in items.itertuples(index=False):
+                found = self._parse(row.description, row.year)
                 key = item_key(row.title, row.year)
                 if len(found.facts()) > len(self.by_key.get(key, Attributes()).facts()):
                     self.by_key[key] = found
 
     @staticmethod
-    def _parse(description: str, genres: set[str], year) -> Attributes:
+    def _parse(description: str, year) -> Attributes:
+        genres = GENRES.search(description)  # in the description's order (the content check keeps a set)
         director = DIRECTOR.search(description)
         cast = CAST.search(description)
-        ordered = re.search(r"Genres: ([^.]*)\.", description)  # keep the description's order (item_genres is a set)
-        names = tuple(g.strip() for g in ordered.group(1).split(",") if g.strip() in genres) if ordered else ()
-        decade = "" if pd.isna(year) else f"{int(year) // 10 * 10}s"
-        return Attributes(names, director.group(1).strip() if director else "",
-                          tuple(a.strip() for a in cast.group(1).split(",") if a.strip()) if cast else (), decade)
+        return Attributes(tuple(g.strip() for g in genres.group(1).split(",") if g.strip()) if genres else (),
+                          director.group(1).strip() if director else "",
+                          tuple(a.strip() for a in cast.group(1).split(",") if a.strip()) if cast else (), decade(year))
 
     def attributes(self, title: str, year) -> Attributes:
-        return self.by_key.get(item_key(title, year), Attributes(decade="" if pd.isna(year) else f"{int(year) // 10 * 10}s"))
+        return self.by_key.get(item_key(title, year), Attributes(decade=decade(year)))
 
 
 def leaks(text: str, titles: Sequence[str]) -> list[str]:
@@ -165,13 +168,13 @@ class TemplateSeeker:
         rng = rng_for(self.seed, state.dialogue_id, turn)
         if set(recommended) & set(state.targets):
             return True, self._say(state, list(ACCEPTANCES), rng)
-        lead = [REJECTIONS[int(rng.integers(len(REJECTIONS)))] + " "] if recommended else [""]
+        lead = REJECTIONS[int(rng.integers(len(REJECTIONS)))] + " " if recommended else ""
         fact = self.next_fact(state)
         if fact is None:
-            return False, self._say(state, [lead[0] + t for t in NOTHING_MORE], rng)
+            return False, self._say(state, [lead + t for t in NOTHING_MORE], rng)
         kind, value = fact
-        return False, self._say(state, [lead[0] + t.format(value=value, a_value=with_article(value),
-                                                             A_value=with_article(value).capitalize()) for t in ANSWERS[kind]], rng)
+        return False, self._say(state, [lead + t.format(value=value, a_value=with_article(value),
+                                                        A_value=with_article(value).capitalize()) for t in ANSWERS[kind]], rng)
 
     def next_fact(self, state: SeekerState) -> tuple[str, str] | None:
         """The first fact not told yet whose wording names no target (one that would is skipped, counted)."""
