@@ -129,6 +129,13 @@ class GenerationWeights(Section):
     response: Count
 
 
+class TrunkPass(Section):
+    passes: Count = Field(description="0 = none")
+    lr: Rate
+    bias_lr: Rate
+    batch_size: Positive
+
+
 class Finetune(Training):
     retrieval_batch: Positive
     generation_batch: Count
@@ -141,6 +148,7 @@ class Finetune(Training):
     item_offset_lr: Rate
     validate_every: Count = Field(description="0 = no validation passes")
     validation_queries: Count = Field(description="0 = the whole validation split")
+    trunk_pass: TrunkPass
 
 
 class Mining(Section):

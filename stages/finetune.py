@@ -3,7 +3,9 @@ a batch of retrieval queries and a batch of generation instances (ranking, dialo
 generation; drawn by `finetune.generation_weights`). Conv2Item is the paper's (1 positive + `negatives` mined
 negatives, plus in-batch negatives, a parameter) or, with `finetune.retrieval_objective: catalogue`, a softmax
 over the whole catalogue against the base model's item table with an optional learned item bias and optional
-learned item offsets (``pipeline.training.catalogue``: extensions).
+learned item offsets (``pipeline.training.catalogue``: extensions). With ``finetune.trunk_pass.passes`` > 0 (an
+extension), the joint steps are followed by full passes of the catalogue objective over every training turn on the
+frozen trunk's states (``pipeline.training.trunk_pass``), then one more validation pass.
 Output: models/reficr (adapter [+ item_bias.safetensors: biases, offsets]), plots/finetune_loss.csv, plots/finetune_validation.csv.
 
     python -m stages.finetune
@@ -13,12 +15,18 @@ Output: models/reficr (adapter [+ item_bias.safetensors: biases, offsets]), plot
 from __future__ import annotations
 
 import logging
+import os
 
 import pandas as pd
+import torch
 
 from pipeline.data.splits import validation_split
+from pipeline.errors import ParamError
+from pipeline.hardware import resolve_dtype
+from pipeline.model.lm import resolve_device
 from pipeline.training.catalogue import BIAS_FILE, CatalogueValidation
 from pipeline.training.objectives import FinetuneObjective, finetune_tasks
+from pipeline.training.trunk_pass import PassSettings, trunk_pass
 from stages.common import ROOT, load_params, setup_logging, user_errors
 from stages.settings import lengths
 from stages.training import CATALOGUE_INPUTS, catalogue_objective, read_items, train_adapter, training_log_counts
@@ -63,6 +71,25 @@ def dm_training_turns(params: dict, dm_train: pd.DataFrame) -> pd.DataFrame:
     return fit
 
 
+def pass_settings(params: dict) -> PassSettings | None:
+    """``finetune.trunk_pass`` as settings, or None with 0 passes; the trunk runs in ``model.inference_dtype`` (auto:
+    bfloat16 where it is fast), the adapter's layers train in ``model.dtype``."""
+    f, t = params["finetune"], params["finetune"]["trunk_pass"]
+    if not t["passes"]:
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ParamError("params.yaml: finetune.trunk_pass runs in one process; set finetune.trunk_pass.passes: 0 under "
+                         "`accelerate launch` with several processes")
+    if f["retrieval_objective"] != "catalogue" or not params["model"]["lora"]["layers"]:
+        raise ParamError("params.yaml: finetune.trunk_pass.passes > 0 needs finetune.retrieval_objective: catalogue and "
+                         "model.lora.layers > 0 (LoRA on the top layers only, so the layers below are frozen)")
+    device = resolve_device(params["model"]["device"]).type
+    cache = resolve_dtype(params["model"]["inference_dtype"], device)
+    return PassSettings(passes=t["passes"], lr=float(t["lr"]), bias_lr=float(t["bias_lr"]), batch_size=t["batch_size"],
+                        temperature=f["temperature"], query_length=lengths(params).query, warmup_ratio=f["warmup_ratio"],
+                        seed=params["seed"], cache_dtype=getattr(torch, cache))
+
+
 def main() -> None:
     setup_logging()
     params = load_params("finetune")
@@ -81,7 +108,12 @@ def main() -> None:
                                   catalogue_batch=f["catalogue_batch"])
     extra = {"negatives": params["negatives"], "retrieval_objective": f["retrieval_objective"], "temperature": f["temperature"],
              "item_table": f["item_table"]}  # learned item offsets are recorded by their presence in BIAS_FILE
-    train_adapter(params, "finetune", USED, INPUTS + VALIDATION_INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE)
+    passes = pass_settings(params)
+    if passes is not None:
+        extra["trunk_passes"] = passes.passes
+    after = None if passes is None else (lambda lm: trunk_pass(lm, catalogue, passes))
+    train_adapter(params, "finetune", USED, INPUTS + VALIDATION_INPUTS, objective, "models/reficr", extra, validate, BIAS_FILE,
+                  after)
     log.info("ReFICR written to models/reficr")
 
 

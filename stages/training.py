@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 
 from pipeline.data import schemas
 from pipeline.errors import MissingArtifactError, ParamError
 from pipeline.model.base_model import MANIFEST
-from pipeline.model.lm import resolve_device
+from pipeline.model.lm import RetrievableLM, resolve_device
 from pipeline.retrieval.popularity import log_counts, training_gold
 from pipeline.training.catalogue import ITEM_TABLES, OFFSET, CatalogueTask, catalogue_tasks, item_table
 from pipeline.training.loop import LossFn, TrainConfig, TrainLoop, Validator, run_fingerprint
@@ -82,10 +84,13 @@ def train_config(params: dict, section: str) -> TrainConfig:
 
 
 def train_adapter(params: dict, section: str, used: tuple[str, ...], inputs: tuple[str, ...], objective: LossFn,
-                  model_dir: str, extra: dict, validate: Validator | None = None, tensor_file: str = "") -> None:
+                  model_dir: str, extra: dict, validate: Validator | None = None, tensor_file: str = "",
+                  after_steps: Callable[[RetrievableLM], list[dict]] | None = None) -> None:
     """LoRA on the base model, trained with ``objective`` (resuming a checkpoint of the same settings and
-    inputs), saved to ``model_dir`` (with the objective's own parameters, if any, as ``tensor_file``); the loss
-    curve goes to plots/<section>_loss.csv, the validation curve (with ``validate``) to plots/<section>_validation.csv."""
+    inputs), then by ``after_steps`` (more training outside the loop, e.g. ``trunk_pass``; its loss rows join the
+    loss log, and a validation pass follows), saved to ``model_dir`` (with the objective's own parameters, if any,
+    as ``tensor_file``); the loss curve goes to plots/<section>_loss.csv, the validation curve (with ``validate``) to
+    plots/<section>_validation.csv."""
     lm = model_settings(params).load(BASE, trainable=True)
     lm.attach_lora(lora(params), seed=params["seed"])  # a fresh process's torch RNG is seeded at random
     # the base model's manifest carries its weights' sha256: other base weights are never resumed on
@@ -96,6 +101,8 @@ def train_adapter(params: dict, section: str, used: tuple[str, ...], inputs: tup
                      extra_params=extra_params, extra_lr=extra_learning_rates(s, extra_params), validate=validate,
                      validate_every=s.get("validate_every") or s["steps"])
     loop.run()
+    if after_steps is not None:
+        loop.add_steps(after_steps(lm))
     loop.finish(ROOT / model_dir, ROOT / f"plots/{section}_loss.csv", {"stage": section, "steps": s["steps"]} | extra,
                 tensor_file, ROOT / f"plots/{section}_validation.csv" if section == "finetune" else None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from pipeline import hardware
 from pipeline.errors import DataError, MissingArtifactError
 from pipeline.model.lm import LoraSettings, RetrievableLM
 from pipeline.model.settings import Lengths
+from pipeline.model.trunk import bottom_fingerprint
 from pipeline.retrieval.corpus import ItemCorpus, rank_scores
 from pipeline.retrieval.popularity import item_counts
 from pipeline.tasks import templates
@@ -28,6 +30,7 @@ from pipeline.training.catalogue import (
 )
 from pipeline.training.loop import TrainConfig, TrainLoop
 from pipeline.training.objectives import FinetuneObjective, GenerationTask
+from pipeline.training.trunk_pass import PassSettings, trunk_pass, unique_queries
 
 TABLE = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
 
@@ -109,12 +112,18 @@ def test_prior_sweep_by_hand():
     assert recall == {"recall@10": 1.0, "recall@2": pytest.approx(1 / 3), "n": 3}
 
 
-@pytest.mark.slow
-def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_path):
+def toy_catalogue() -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Four items and four Conv2Item pairs, one query twice (two gold items)."""
     items = {"toy": pd.DataFrame({"item_id": ["a", "b", "c", "d"],
                                   "description": ["Alien (1979)", "Toy Story (1995)", "Heat (1995)", "Up (2009)"]})}
     pairs = pd.DataFrame({"dataset": "toy", "query": ["Seeker: space horror?", "Seeker: a cartoon", "Seeker: heist film", "Seeker: a cartoon"],
                           "item_id": ["a", "b", "c", "d"], "gold_item_ids": [["a"], ["b", "d"], ["c"], ["b", "d"]]})
+    return items, pairs
+
+
+@pytest.mark.slow
+def test_catalogue_training_moves_the_bias_saves_it_and_validates(base_dir, tmp_path):
+    items, pairs = toy_catalogue()
     lengths = Lengths(query=24, document=16, prompt=48, target=8)
     torch.manual_seed(0)
     lm = RetrievableLM.load(base_dir, device="cpu", trainable=True)
@@ -227,3 +236,54 @@ def test_extra_parameters_get_their_own_learning_rates_by_name(base_dir):
     assert groups[2] == (0.002, [id(extra["offset.redial"])])
     loop = TrainLoop(lm, TrainConfig(steps=1, lr=1e-3), lambda *_: None, "unused", extra_params=extra, extra_lr=0.05)
     assert len(loop.optimizer.param_groups) == 2 and loop.optimizer.param_groups[1]["initial_lr"] == 0.05
+
+
+def _gold_log_likelihood(lm, task, queries, gold) -> float:
+    """Mean log-probability of each query's gold items over the whole table (the catalogue objective's quantity)."""
+    q = torch.from_numpy(lm.embed(queries, templates.CONV2ITEM_QUERY, max_length=24, truncation_side="left"))
+    logp = torch.log_softmax(q @ task.table.T / 0.05 + task.bias.detach(), dim=1)
+    return float(np.mean([logp[i, g].mean().item() for i, g in enumerate(gold)]))
+
+
+@pytest.mark.slow
+def test_a_trunk_pass_trains_the_adapter_layers_on_kept_trunk_states(base_dir, tmp_path):
+    items, pairs = toy_catalogue()
+    settings = PassSettings(passes=3, lr=1e-2, bias_lr=0.05, batch_size=2, temperature=0.05, query_length=24,
+                            warmup_ratio=0.0, seed=0)
+
+    def trained(passes: int):
+        lm = RetrievableLM.load(base_dir, device="cpu", trainable=True)
+        table = lm.embed(items["toy"]["description"].tolist(), "x", max_length=16)
+        task = catalogue_tasks(pairs, items, {"toy": table}, item_bias=True)[0]
+        lm.attach_lora(LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"], layers=3), seed=0)
+        bottom = bottom_fingerprint(lm, 27)
+        queries, gold = unique_queries(task)
+        before = _gold_log_likelihood(lm, task, queries, gold)
+        rows = trunk_pass(lm, [task], replace(settings, passes=passes))
+        assert bottom_fingerprint(lm, 27) == bottom  # the frozen layers stay as they were
+        return lm, task, rows, before, _gold_log_likelihood(lm, task, queries, gold)
+
+    lm, task, rows, before, after = trained(3)
+    # the duplicated query is one example with both gold items: 3 queries, batches of 2, 3 passes = 6 steps
+    assert unique_queries(task) == (["Seeker: space horror?", "Seeker: a cartoon", "Seeker: heist film"], [[0], [1, 3], [2]])
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(math.isfinite(r["loss"]) for r in rows)
+    assert after > before and task.bias.abs().sum().item() > 0  # the adapter and the item biases learned
+    _, _, again, _, after_again = trained(3)
+    assert again == rows and after_again == after  # seeded: the same steps, the same losses
+    _, task0, none, before0, after0 = trained(0)
+    assert none == [] and after0 == before0 and task0.bias.abs().sum().item() == 0  # 0 passes train nothing
+    with pytest.raises(ValueError, match="frozen bottom layers"):
+        full = RetrievableLM.load(base_dir, device="cpu", trainable=True)
+        full.attach_lora(LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj"], layers=0), seed=0)
+        trunk_pass(full, [task], settings)
+    # the loop records the steps after its own: loss rows continue the step count, a validation pass follows
+    objective = FinetuneObjective([], [GenerationTask("response", ["Say hi"], ["Hi!"])], 0, 1, 0.05,
+                                  Lengths(query=24, document=16, prompt=48, target=8))
+    loop = TrainLoop(lm, TrainConfig(steps=1, lr=1e-3), objective, tmp_path / "work",
+                     validate=lambda _: [{"dataset": "toy", "recall@10": 1.0}], validate_every=1)
+    loop.run()
+    loop.add_steps(rows)
+    losses = (tmp_path / "work/loss.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in losses[1:]] == ["1", "2", "3", "4", "5", "6", "7"]
+    assert losses[2].split(",")[1] == f"{rows[0]['loss']:.6f}" and losses[2].split(",")[3] == "0.000000"
+    assert [r.split(",")[0] for r in (tmp_path / "work/validation.csv").read_text().splitlines()[1:]] == ["0", "1", "7"]

@@ -164,6 +164,18 @@ def test_a_sentence_echoing_the_instructions_goes():
         assert not check_reply(said, ALLOWED, CONTEXT, CATALOGUE).echo and ground(said).startswith(said), said
 
 
+def test_a_sentence_describing_the_system_to_the_seeker_goes():
+    raw = "You are designed to provide recommendations based on user preferences. You might like <item>Superbad (2007)</item>."
+    assert check_reply(raw, ALLOWED, CONTEXT, CATALOGUE).echo
+    assert ground(raw) == "You might like <item>Superbad (2007)</item>."
+    for said in ("I am an AI assistant.", "You're a recommender system that helps.", "I'm trained to find films."):
+        assert check_reply(said, [], CONTEXT, CATALOGUE).echo, said
+    # "you are" / "I'm" about the seeker's or the system's taste stays
+    for said in ("You are going to love <item>Superbad (2007)</item>.", "I'm a big fan of comedies too.",
+                 "You are a fan of the system of the world, I see."):
+        assert not check_reply(said, ALLOWED, CONTEXT, CATALOGUE).echo and ground(said).startswith(said), said
+
+
 # titles with a full stop, titles whose name ends with another title's name, found by review
 ODD = Catalogue(["Mr. Smith Goes to Washington (1939)", "Godzilla (2014)", "Homecoming (2009)", "Go (1999)",
                  "(500) Days of Summer (2009)", "Die Hard (1988)", "Superbad (2007)"])

@@ -169,3 +169,29 @@ def test_finetune_tasks_carry_the_weights():
     _, generation = finetune_tasks(empty, empty, frame, frame, frame, {"ranking": 1, "dm": 0, "response": 3})
     assert [(t.name, t.weight) for t in generation] == [("ranking", 1), ("dm", 0), ("response", 3)]
     assert generation_weights(None) == {"ranking": 1, "dm": 1, "response": 1}
+
+
+def test_the_trunk_pass_settings_come_from_the_profile_and_refuse_what_it_cannot_run(monkeypatch):
+    import copy
+
+    import yaml
+
+    from stages.common import ROOT
+    from stages.finetune import pass_settings
+
+    params = yaml.safe_load((ROOT / "profiles/small.yaml").read_text())
+    params["model"]["inference_dtype"] = "float32"
+    params["finetune"]["trunk_pass"]["passes"] = 2
+    settings = pass_settings(params)
+    assert (settings.passes, settings.lr, settings.bias_lr, settings.batch_size) == (2, 5e-4, 0.01, 16)
+    assert settings.query_length == params["lengths"]["query"] and settings.cache_dtype == torch.float32
+    none = copy.deepcopy(params)
+    none["finetune"]["trunk_pass"]["passes"] = 0
+    assert pass_settings(none) is None
+    mined = copy.deepcopy(params)
+    mined["finetune"]["retrieval_objective"] = "mined"
+    with pytest.raises(ParamError, match="retrieval_objective: catalogue"):
+        pass_settings(mined)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ParamError, match="one process"):
+        pass_settings(params)

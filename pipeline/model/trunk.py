@@ -122,11 +122,17 @@ def embed_trunk(lm: RetrievableLM, trunk: Trunk, progress: bool | None = None) -
     top = num_layers(lm)
     out = np.zeros((trunk.n, lm.hidden_size), dtype=np.float32)
     show = progress if progress is not None else len(trunk.batches) > 10
-    with _decoder_slice(lm, trunk.layers, top, final_norm=True) as decoder:
-        for chunk, states, mask, pool in tqdm(trunk.batches, desc=f"embed (layers {trunk.layers + 1}-{top})", unit="batch",
-                                              disable=not show):
-            mask = mask.to(lm.device)
-            hidden = decoder(inputs_embeds=states.to(lm.device), attention_mask=mask, is_causal=False).last_hidden_state
-            out[chunk] = mean_pool(hidden, pool.to(lm.device)).cpu().numpy()
+    for chunk, states, mask, pool in tqdm(trunk.batches, desc=f"embed (layers {trunk.layers + 1}-{top})", unit="batch",
+                                          disable=not show):
+        out[chunk] = finish_states(lm, trunk.layers, states.to(lm.device), mask.to(lm.device), pool.to(lm.device)).cpu().numpy()
     lm.model.train(was_training)
     return out
+
+
+def finish_states(lm: RetrievableLM, layers: int, states: torch.Tensor, mask: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """Pooled, L2-normalised embeddings of one trunk batch: its ``states`` after the bottom ``layers`` decoder layers
+    run through the layers above and the final norm (with gradients where they are enabled: ``trunk_pass`` trains
+    on them)."""
+    with _decoder_slice(lm, layers, num_layers(lm), final_norm=True) as decoder:
+        hidden = decoder(inputs_embeds=states, attention_mask=mask, is_causal=False).last_hidden_state
+    return mean_pool(hidden, pool)

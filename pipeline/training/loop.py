@@ -271,6 +271,19 @@ class TrainLoop:
         bar.close()
         return losses_path
 
+    def add_steps(self, rows: list[dict]) -> None:
+        """Steps trained after ``run`` outside the loop (``pipeline.training.trunk_pass``; rows of step, loss, lr):
+        their losses appended to the loss log (as the retrieval loss), the step count moved past them, and a
+        validation pass at the new step. A resumed run truncates them and trains them again."""
+        if not rows:
+            return
+        with open(self.out_dir / "loss.csv", "a", newline="") as fh:
+            csv.writer(fh).writerows([self.step + r["step"], f"{r['loss']:.6f}", f"{r['loss']:.6f}", f"{0.0:.6f}",
+                                      f"{r['lr']:.3e}"] for r in rows)
+        self.step += len(rows)
+        if self.validate:
+            self._validate()
+
     def _validate(self) -> None:
         """Score the model on held-out data now; rows go to ``<out_dir>/validation.csv`` with the step."""
         self.lm.model.eval()

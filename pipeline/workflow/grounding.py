@@ -7,7 +7,8 @@ conversation's next turn. ``ground_reply`` makes the reply a person sees:
 1. it stops where the model starts another speaker's turn (``Seeker:``, ``<|user|>``, ...) and drops role
    markers it opens with; a last sentence that ends inside a title (the token limit cut "<item>The Ma" or
    "The Matrix (199") goes, and so does a sentence that echoes the prompt's instructions (``ECHO_WORDS`` words in a
-   row of a generation template: "You are an intelligent conversational recommender system.");
+   row of a generation template: "You are an intelligent conversational recommender system.") or paraphrases the
+   system's role to the seeker (``SELF_DESCRIPTION``: "You are designed to provide recommendations ...");
 2. loops are cut: a span of 3+ characters repeated 3+ times in a row is kept once, so is a word said twice in a
    row; a line said before (or the start of one) is dropped, and the text ends before the second occurrence of a
    repeated 5-word sequence;
@@ -59,6 +60,10 @@ PLACEHOLDER_PART = re.compile("\ue000[a-z]*\ue001?|\ue001")
 LOOP_NGRAM = 5
 COPY_WORDS = 6
 ECHO_WORDS = 5  # a sentence with this many words in a row from an instruction template echoes the prompt
+# a sentence that tells the seeker what the system is ("You are designed to ...", "I am an AI assistant."): the
+# instructions' role paraphrased, never something a recommender says to a person
+SELF_DESCRIPTION = re.compile(r"(?i)^\W*(you are|you're|i am|i'm)\s+(?:[\w-]+\s+){0,3}?"
+                              r"(designed|programmed|trained|recommender|assistant|system|language model|ai|chatbot)\b")
 NAME_WORDS = 12  # the longest title name looked for before a year the catalogue does not give it
 WORD = re.compile(r"[A-Za-z]{2,}")
 FALLBACK_WITH_ITEMS = "You might like {items}."
@@ -85,7 +90,7 @@ class ReplyCheck:
     outside_items: tuple[str, ...]  # titles named that are not among the turn's recommended items
     loop: bool  # a repeated span, line or 5-word sequence
     copied: bool  # a span of COPY_WORDS+ words a seeker utterance also has
-    echo: bool  # a sentence with ECHO_WORDS+ words in a row of an instruction template
+    echo: bool  # a sentence with ECHO_WORDS+ words in a row of an instruction template, or a SELF_DESCRIPTION
 
 
 CLEAN = ReplyCheck((), False, False, False)
@@ -196,7 +201,10 @@ INSTRUCTION_NGRAMS = _instruction_ngrams()
 
 def echoes_prompt(sentence: str) -> bool:
     """Whether ``sentence`` has ECHO_WORDS words in a row of an instruction ("You are an intelligent
-    conversational recommender system." echoes "Act as an intelligent conversational recommender system.")."""
+    conversational recommender system." echoes "Act as an intelligent conversational recommender system.") or
+    describes the system to the seeker (``SELF_DESCRIPTION``)."""
+    if SELF_DESCRIPTION.search(sentence):
+        return True
     words = [w for w, _, _ in _words(sentence)]
     return any(tuple(words[i: i + ECHO_WORDS]) in INSTRUCTION_NGRAMS for i in range(len(words) - ECHO_WORDS + 1))
 
