@@ -7,8 +7,9 @@ never change during training. ``trunk_pass`` computes them once for every traini
 trains the adapter's layers (and the learned item biases) on them for ``passes`` passes: each step pays the top
 layers' forward and backward only. Every unique query is one example a pass, its target one of its gold items drawn
 by the seeded RNG (its other gold items masked out of the negatives, as in ``catalogue_loss``); batches are the
-trunk's length-sorted batches, shuffled per pass. Only the retrieval side is trained here: the generation tasks had
-their share in the joint steps before it.
+trunk's length-sorted batches, shuffled per pass. Only the retrieval side is trained here, on layers generation
+shares: the generation tasks had their share in the joint steps before it, and the pass moves what they learned
+(the summary's conversation metrics and ranking parse rate say by how much).
 """
 
 from __future__ import annotations
