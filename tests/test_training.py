@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import random
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from pipeline.errors import ParamError
@@ -24,6 +26,8 @@ from pipeline.training.objectives import (
     finetune_tasks,
     generation_weights,
 )
+from stages.common import ROOT
+from stages.finetune import pass_settings
 
 pytestmark = pytest.mark.slow
 
@@ -172,13 +176,6 @@ def test_finetune_tasks_carry_the_weights():
 
 
 def test_the_trunk_pass_settings_come_from_the_profile_and_refuse_what_it_cannot_run(monkeypatch):
-    import copy
-
-    import yaml
-
-    from stages.common import ROOT
-    from stages.finetune import pass_settings
-
     params = yaml.safe_load((ROOT / "profiles/small.yaml").read_text())
     params["model"]["inference_dtype"] = "float32"
     params["finetune"]["trunk_pass"]["passes"] = 2

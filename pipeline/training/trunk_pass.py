@@ -56,15 +56,14 @@ class PassTask:
 
 def unique_queries(task: CatalogueTask) -> tuple[list[str], list[list[int]]]:
     """``task``'s queries once each (first appearance order) with every target and gold row they were paired with."""
-    gold: dict[str, list[int]] = {}
+    gold: dict[str, dict[int, None]] = {}  # ordered sets
     for query, target, rows in zip(task.queries, task.targets, task.gold_rows):
-        known = gold.setdefault(query, [])
-        known.extend(r for r in [target, *rows] if r not in known)
-    return list(gold), list(gold.values())
+        gold.setdefault(query, {}).update(dict.fromkeys([target, *rows]))
+    return list(gold), [list(rows) for rows in gold.values()]
 
 
 def pass_tasks(lm: RetrievableLM, tasks: list[CatalogueTask], settings: PassSettings) -> list[PassTask]:
-    """The trunk states of every task's unique queries, after the layers below the adapter (float32 on the CPU)."""
+    """The trunk states of every task's unique queries, after the layers below the adapter (kept as float32)."""
     layers = frozen_bottom_layers(lm)
     if not layers:
         raise ValueError("a trunk pass needs frozen bottom layers: LoRA on the top decoder layers only (model.lora.layers)")

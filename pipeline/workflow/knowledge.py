@@ -139,6 +139,8 @@ class Recommender:
         Conv2Item's for a run without that choice. Conv2Item's query is embedded only where a weight needs it."""
         corpus, encoder = self.system.corpus, self.system.encoder
         if self.scorer is None:
+            if weights:
+                raise ValueError("a mixture's weights need retrieval+knowledge's choice; this run has none (Conv2Item alone)")
             return corpus.scores(encoder.conversations(texts, templates.CONV2ITEM_QUERY))
         weights = self.choice.fusion_weights if weights is None else weights
         vectors = logits = None
