@@ -118,9 +118,12 @@ def main(dataset: str) -> None:
     # the base and the fine-tuned model share the layers below the adapter: texts both embed go through them once
     shared = adapter_bottom_layers(ROOT / "models/reficr")
     store = SharedTrunk(data.turns_train["query"].tolist(), templates.CONV2CONV_SAMPLE, shared)
-    run = EvalRun(data, lambda: build_system(model.load(BASE), data, settings, base_items, store=store),
-                  lambda: build_system(model.load(BASE, adapter=ROOT / "models/reficr", merge=True), data, settings, items, bias,
-                                       store),
+
+    def fine_tuned():  # the model that embeds, and the one that generates where fine-tuning kept it apart
+        embedding, generating = model.load_tuned(BASE, ROOT / "models/reficr")
+        return build_system(embedding, data, settings, items, bias, store, generator=generating)
+
+    run = EvalRun(data, lambda: build_system(model.load(BASE), data, settings, base_items, store=store), fine_tuned,
                   eval_settings(params, dataset, offset_choice), settings, Timer(), shared_layers=shared)
     result = evaluate(run)
     if offset_choice is not None and offset_choice.fitted:  # fitted after fine-tuning, kept or not by validation

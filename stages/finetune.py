@@ -5,8 +5,10 @@ negatives, plus in-batch negatives, a parameter) or, with `finetune.retrieval_ob
 over the whole catalogue against the base model's item table with an optional learned item bias and optional
 learned item offsets (``pipeline.training.catalogue``: extensions). With ``finetune.trunk_pass.passes`` > 0 (an
 extension), the joint steps are followed by full passes of the catalogue objective over every training turn on the
-frozen trunk's states (``pipeline.training.trunk_pass``), then one more validation pass.
-Output: models/reficr (adapter [+ item_bias.safetensors: biases, offsets]), plots/finetune_loss.csv, plots/finetune_validation.csv.
+frozen trunk's states (``pipeline.training.trunk_pass``), then one more validation pass; the adapter as the joint
+steps left it is kept as models/reficr/generation, which generates (the pass trains retrieval alone).
+Output: models/reficr (adapter [+ item_bias.safetensors: biases, offsets] [+ generation/: the generating adapter]),
+plots/finetune_loss.csv, plots/finetune_validation.csv.
 
     python -m stages.finetune
     accelerate launch --num_processes 4 -m stages.finetune     # several GPUs (DDP)

@@ -10,7 +10,7 @@ import pandas as pd
 from pipeline.data import schemas
 from pipeline.errors import MissingArtifactError, ParamError
 from pipeline.model.base_model import MANIFEST
-from pipeline.model.lm import RetrievableLM, resolve_device
+from pipeline.model.lm import GENERATION_ADAPTER, RetrievableLM, resolve_device
 from pipeline.retrieval.popularity import log_counts, training_gold
 from pipeline.training.catalogue import ITEM_TABLES, OFFSET, CatalogueTask, catalogue_tasks, item_table
 from pipeline.training.loop import LossFn, TrainConfig, TrainLoop, Validator, run_fingerprint
@@ -87,9 +87,10 @@ def train_adapter(params: dict, section: str, used: tuple[str, ...], inputs: tup
                   model_dir: str, extra: dict, validate: Validator | None = None, tensor_file: str = "",
                   after_steps: Callable[[RetrievableLM], list[dict]] | None = None) -> None:
     """LoRA on the base model, trained with ``objective`` (resuming a checkpoint of the same settings and
-    inputs), then by ``after_steps`` (more training outside the loop, e.g. ``trunk_pass``; its loss rows join the
-    loss log, and a validation pass follows), saved to ``model_dir`` (with the objective's own parameters, if any,
-    as ``tensor_file``); the loss curve goes to plots/<section>_loss.csv, the validation curve (with ``validate``) to
+    inputs), then by ``after_steps`` (more training outside the loop for retrieval alone, e.g. ``trunk_pass``; its
+    loss rows join the loss log, and a validation pass follows; the adapter before it is kept as ``model_dir``'s
+    ``GENERATION_ADAPTER``, the one that generates), saved to ``model_dir`` (with the objective's own parameters, if
+    any, as ``tensor_file``); the loss curve goes to plots/<section>_loss.csv, the validation curve (with ``validate``) to
     plots/<section>_validation.csv."""
     lm = model_settings(params).load(BASE, trainable=True)
     lm.attach_lora(lora(params), seed=params["seed"])  # a fresh process's torch RNG is seeded at random
@@ -101,8 +102,10 @@ def train_adapter(params: dict, section: str, used: tuple[str, ...], inputs: tup
                      extra_params=extra_params, extra_lr=extra_learning_rates(s, extra_params), validate=validate,
                      validate_every=s.get("validate_every") or s["steps"])
     loop.run()
-    if after_steps is not None:
+    manifest = {"stage": section, "steps": s["steps"]} | extra
+    if after_steps is not None:  # the joint steps' adapter generates; what trains after them is for retrieval alone
+        loop.snapshot(GENERATION_ADAPTER, manifest | {"role": "generation"})
         loop.add_steps(after_steps(lm))
-    loop.finish(ROOT / model_dir, ROOT / f"plots/{section}_loss.csv", {"stage": section, "steps": s["steps"]} | extra,
-                tensor_file, ROOT / f"plots/{section}_validation.csv" if section == "finetune" else None)
+    loop.finish(ROOT / model_dir, ROOT / f"plots/{section}_loss.csv", manifest, tensor_file,
+                ROOT / f"plots/{section}_validation.csv" if section == "finetune" else None)
 

@@ -3,8 +3,9 @@ dialogues.
 
     python -m stages.validate_dm
 
-The fine-tuned model (models/reficr, merged) scores every frequent action sequence as the start of its output
-on the validation turns (IARD training dialogues held out by a seeded hash; the test dialogues are not read); the
+The fine-tuned model that generates (models/reficr, or the generation adapter fine-tuning kept in it; merged) scores
+every frequent action sequence as the start of its output on the validation turns (IARD training dialogues held out
+by a seeded hash; the test dialogues are not read); the
 choices' training shares and the DM head at each L2 of ``eval.dm_validation.head_l2`` (fitted on the other training
 dialogues) are tried as the prior, each at every weight of ``eval.dm_validation.weights``. Writes
 plots/dm_validation.csv (the sweep) and metrics/dm_validation.json (the chosen prior and weight, their validation
@@ -28,7 +29,7 @@ import pandas as pd
 from pipeline.data.splits import seeded_sample, validation_split
 from pipeline.evaluation.dm_validation import DMValidation, dm_sweep, free_generation
 from pipeline.io import atomic_path, write_json
-from pipeline.model.lm import RetrievableLM
+from pipeline.model.lm import RetrievableLM, generation_adapter
 from pipeline.workflow.dialogue import HEAD, SHARES, DMHead, dm_evidence, fit_choices
 from stages.common import ROOT, load_params, setup_logging, user_errors
 from stages.settings import model_settings
@@ -54,7 +55,7 @@ def main() -> None:
         priors.append((HEAD, float(l2), head.log_prior(valid["prompt"].tolist())))
         log.info("DM head fitted at L2 %g (%d features)", l2, len(head.vocabulary))
     evidence = np.zeros((len(valid), len(choices)))
-    lm = model_settings(params).load(ROOT / "models/base", adapter=ROOT / "models/reficr", merge=True)
+    lm = model_settings(params).load(ROOT / "models/base", adapter=generation_adapter(ROOT / "models/reficr"), merge=True)
     if any(float(w) for w in v["weights"]):  # weight 0 alone needs no evidence
         start = time.perf_counter()
         evidence = dm_evidence(lm, valid["prompt"].tolist(), choices, params["lengths"]["prompt"])

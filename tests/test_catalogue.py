@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from pipeline import hardware
 from pipeline.errors import DataError, MissingArtifactError
-from pipeline.model.lm import LoraSettings, RetrievableLM
-from pipeline.model.settings import Lengths
+from pipeline.model.lm import GENERATION_ADAPTER, LoraSettings, RetrievableLM, generation_adapter
+from pipeline.model.settings import Lengths, ModelSettings
 from pipeline.model.trunk import bottom_fingerprint
 from pipeline.retrieval.corpus import ItemCorpus, rank_scores
 from pipeline.retrieval.popularity import item_counts
@@ -32,6 +34,7 @@ from pipeline.training.loop import TrainConfig, TrainLoop
 from pipeline.training.objectives import FinetuneObjective, GenerationTask
 from pipeline.training.trunk_pass import PassSettings, trunk_pass, unique_queries
 
+CPU = ModelSettings(device="cpu", dtype="float32", quantization=None, inference_dtype="float32")
 TABLE = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
 
 
@@ -246,7 +249,7 @@ def _gold_log_likelihood(lm, task, queries, gold) -> float:
 
 
 @pytest.mark.slow
-def test_a_trunk_pass_trains_the_adapter_layers_on_kept_trunk_states(base_dir, tmp_path):
+def test_a_trunk_pass_trains_the_adapter_layers_on_kept_trunk_states_and_generation_keeps_the_joint_adapter(base_dir, tmp_path):
     items, pairs = toy_catalogue()
     settings = PassSettings(passes=3, lr=1e-2, bias_lr=0.05, batch_size=2, temperature=0.05, query_length=24,
                             warmup_ratio=0.0, seed=0)
@@ -282,8 +285,29 @@ def test_a_trunk_pass_trains_the_adapter_layers_on_kept_trunk_states(base_dir, t
     loop = TrainLoop(lm, TrainConfig(steps=1, lr=1e-3), objective, tmp_path / "work",
                      validate=lambda _: [{"dataset": "toy", "recall@10": 1.0}], validate_every=1)
     loop.run()
+    joint = {k: v.detach().clone() for k, v in get_peft_model_state_dict(lm.model).items()}
+    loop.snapshot(GENERATION_ADAPTER, {"role": "generation"})  # as finetune keeps the joint steps' adapter
+    rows = trunk_pass(lm, [task], settings)
     loop.add_steps(rows)
     losses = (tmp_path / "work/loss.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in losses[1:]] == ["1", "2", "3", "4", "5", "6", "7"]
     assert losses[2].split(",")[1] == f"{rows[0]['loss']:.6f}" and losses[2].split(",")[3] == "0.000000"
     assert [r.split(",")[0] for r in (tmp_path / "work/validation.csv").read_text().splitlines()[1:]] == ["0", "1", "7"]
+    # the adapter after the pass is the model's; the one before it, its generation adapter
+    passed = {k: v.detach().clone() for k, v in get_peft_model_state_dict(lm.model).items()}
+    loop.finish(tmp_path / "model", tmp_path / "loss.csv", {"stage": "toy"})
+    assert generation_adapter(tmp_path / "model") == tmp_path / "model" / GENERATION_ADAPTER
+    for folder, want in ((tmp_path / "model", passed), (tmp_path / "model" / GENERATION_ADAPTER, joint)):
+        saved = load_file(folder / "adapter_model.safetensors")
+        assert saved.keys() == want.keys() and all(torch.equal(saved[k], want[k]) for k in want)
+    assert any(not torch.equal(joint[k], passed[k]) for k in joint)
+    embedding, generating = CPU.load_tuned(base_dir, tmp_path / "model")
+    assert generating is not embedding
+    text = ["Seeker: a heist film"]
+    assert not np.allclose(embedding.embed(text, "x"), generating.embed(text, "x"))  # two models: the pass moved one
+    assert np.allclose(generating.embed(text, "x"), CPU.load(base_dir, adapter=tmp_path / "model" / GENERATION_ADAPTER,
+                                                             merge=True).embed(text, "x"))
+    shutil.rmtree(tmp_path / "model" / GENERATION_ADAPTER)  # a run without the pass: one model does both
+    assert generation_adapter(tmp_path / "model") == tmp_path / "model"
+    embedding, generating = CPU.load_tuned(base_dir, tmp_path / "model")
+    assert generating is embedding

@@ -106,16 +106,19 @@ class EvalData:
 
 
 def build_system(lm: RetrievableLM, data: EvalData, settings: RecommenderSettings, item_vectors: np.ndarray | None = None,
-                 item_bias: np.ndarray | None = None, store: SharedTrunk | None = None) -> ReFICR:
+                 item_bias: np.ndarray | None = None, store: SharedTrunk | None = None,
+                 generator: RetrievableLM | None = None) -> ReFICR:
     """ReFICR over ``data``'s corpus and training conversations (``store``: shared with another model, else
-    embedded) by ``lm``; items given or embedded; ``item_bias``: a learned per-item score (``pipeline.training.catalogue``)."""
+    embedded) by ``lm``; items given or embedded; ``item_bias``: a learned per-item score (``pipeline.training.catalogue``);
+    ``generator``: the model that generates, where it is not ``lm`` (``ModelSettings.load_tuned``)."""
     encoder = Encoder(lm, settings.query_length, settings.document_length, settings.embed_batch)
     if item_vectors is None:
         item_vectors = encoder.items(data.items["description"].tolist())
     store_vectors = (store.embed(encoder) if store is not None
                      else encoder.conversations(data.turns_train["query"].tolist(), templates.CONV2CONV_SAMPLE))
     corpus = ItemCorpus(data.items["item_id"].tolist(), item_vectors, item_bias)
-    return ReFICR(lm, corpus, ConversationStore.from_turns(data.turns_train, store_vectors), item_titles(data.items), settings)
+    return ReFICR(generator or lm, corpus, ConversationStore.from_turns(data.turns_train, store_vectors),
+                  item_titles(data.items), settings, retriever=lm)
 
 
 class EvalRun:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.hardware import resolve_dtype
-from pipeline.model.lm import RetrievableLM, resolve_device
+from pipeline.model.lm import RetrievableLM, generation_adapter, resolve_device
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +38,15 @@ class ModelSettings:
         return RetrievableLM.load(base, adapter=adapter, device=self.device, dtype=resolve_dtype(self.dtype, device),
                                   quantization=self.quantization or None, trainable=trainable, merge=merge,
                                   inference_dtype=resolve_dtype(self.inference_dtype, device))
+
+    def load_tuned(self, base: str | Path, adapter: str | Path) -> tuple[RetrievableLM, RetrievableLM]:
+        """A fine-tuned model for inference (merged) as the model that embeds and the one that generates: the same
+        model twice, or two where ``adapter`` keeps a separate generation adapter (``generation_adapter``)."""
+        embedding = self.load(base, adapter=adapter, merge=True)
+        generating = generation_adapter(adapter)
+        if generating == Path(adapter):
+            return embedding, embedding
+        return embedding, self.load(base, adapter=generating, merge=True)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,6 +42,7 @@ from pipeline.training.losses import JointLossOutput
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
+SNAPSHOTS = "snapshots"  # adapters kept along the way (``TrainLoop.snapshot``), saved as subfolders of the result
 CHECKPOINT_FILES = ("state.json", "state.safetensors", "adapter/adapter_model.safetensors")
 
 
@@ -220,6 +221,7 @@ class TrainLoop:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         losses_path = self.out_dir / "loss.csv"
+        shutil.rmtree(self.out_dir / SNAPSHOTS, ignore_errors=True)  # taken after the steps: a killed run's are stale
         resumed = self.load_checkpoint()
         if not resumed:
             torch.manual_seed(cfg.seed)
@@ -271,6 +273,11 @@ class TrainLoop:
         bar.close()
         return losses_path
 
+    def snapshot(self, name: str, extra: dict) -> None:
+        """The adapter as it is now, kept as ``name`` (a subfolder) of the adapter ``finish`` saves."""
+        self.lm.model = self.accelerator.unwrap_model(self.lm.model)
+        self.lm.save_adapter(self.out_dir / SNAPSHOTS / name, extra=extra)
+
     def add_steps(self, rows: list[dict]) -> None:
         """Steps trained after ``run`` outside the loop (``pipeline.training.trunk_pass``; rows of step, loss, lr):
         their losses appended to the loss log (as the retrieval loss), the step count moved past them, and a
@@ -301,13 +308,16 @@ class TrainLoop:
 
     def finish(self, model_dir: str | Path, plot: str | Path, extra: dict, tensor_file: str = "",
                validation_plot: str | Path | None = None) -> None:
-        """Save the trained adapter (and the extra parameters, as ``tensor_file``) atomically, publish the loss
-        and validation curves (for ``dvc plots``), drop the resume state."""
+        """Save the trained adapter (and the extra parameters, as ``tensor_file``, and the ``snapshot``s, as its
+        subfolders) atomically, publish the loss and validation curves (for ``dvc plots``), drop the resume state."""
         with atomic_dir(model_dir) as tmp:
             self.lm.model = self.accelerator.unwrap_model(self.lm.model)
             self.lm.save_adapter(tmp, extra=extra)
             if self.extra_params:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.extra_params.items()}, tmp / tensor_file)
+            snapshots = self.out_dir / SNAPSHOTS
+            for folder in sorted(snapshots.iterdir()) if snapshots.is_dir() else ():
+                shutil.copytree(folder, tmp / folder.name)
         with atomic_path(plot) as tmp:
             shutil.copyfile(self.out_dir / "loss.csv", tmp)
         if validation_plot is not None:  # no validation ran: a header-only curve, so the plot output exists

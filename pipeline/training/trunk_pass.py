@@ -8,8 +8,8 @@ trains the adapter's layers (and the learned item biases) on them for ``passes``
 layers' forward and backward only. Every unique query is one example a pass, its target one of its gold items drawn
 by the seeded RNG (its other gold items masked out of the negatives, as in ``catalogue_loss``); batches are the
 trunk's length-sorted batches, shuffled per pass. Only the retrieval side is trained here, on layers generation
-shares: the generation tasks had their share in the joint steps before it, and the pass moves what they learned
-(the summary's conversation metrics and ranking parse rate say by how much).
+shares, and that undoes what the joint steps taught generation: the adapter as the joint steps left it is kept as
+the fine-tuned adapter's generation adapter (``pipeline.model.lm.generation_adapter``), the one that generates.
 """
 
 from __future__ import annotations

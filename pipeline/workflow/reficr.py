@@ -38,9 +38,10 @@ class ReFICR:
     """The whole workflow over one item corpus and one conversation store (e.g. ReDial's)."""
 
     def __init__(self, lm: RetrievableLM, corpus: ItemCorpus, store: ConversationStore, title: dict[str, str],
-                 settings: RecommenderSettings):
+                 settings: RecommenderSettings, retriever: RetrievableLM | None = None):
+        """``lm`` generates (dialogue management, ranking, replies) and, without a ``retriever``, embeds too."""
         self.lm, self.corpus, self.store, self.title, self.settings = lm, corpus, store, title, settings
-        self.encoder = Encoder(lm, settings.query_length, settings.document_length, settings.embed_batch)
+        self.encoder = Encoder(retriever or lm, settings.query_length, settings.document_length, settings.embed_batch)
         self.catalogue = Catalogue(title.values())
         self._dm_null: np.ndarray | None = None  # dm_null of settings.dm_choices, computed on first use
         self._dm_head = DMHead.from_dict(settings.dm_head) if settings.dm_head else None
@@ -62,14 +63,14 @@ class ReFICR:
             raise MissingArtifactError(f"no trained run for {dataset} under {root}: missing {', '.join(missing)}; "
                                     f"`dvc repro evaluate@{dataset}` makes it")
         manifest = json.loads((run / RUN_MANIFEST).read_text())
-        lm = ModelSettings(**manifest["model"]).load(root / "models/base", adapter=root / "models/reficr", merge=True)
+        retriever, lm = ModelSettings(**manifest["model"]).load_tuned(root / "models/base", root / "models/reficr")
         items = pd.read_parquet(needed[4])
         turns = pd.read_parquet(needed[5])
         turns = turns[turns["dataset"] == dataset]
         bias = np.load(run / BIAS_FILE, allow_pickle=False) if (run / BIAS_FILE).exists() else None
         corpus = ItemCorpus(items["item_id"].tolist(), np.load(needed[2], allow_pickle=False), bias)
         store = ConversationStore.from_turns(turns, np.load(needed[3], allow_pickle=False))
-        return cls(lm, corpus, store, item_titles(items), RecommenderSettings(**manifest["settings"]))
+        return cls(lm, corpus, store, item_titles(items), RecommenderSettings(**manifest["settings"]), retriever)
 
     def save_run(self, folder: str | Path, model: ModelSettings) -> None:
         """What ``from_run`` loads besides the model: the corpus and conversation embeddings and the settings."""
