@@ -12,15 +12,20 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import schemathesis
+import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from pipeline.errors import MissingArtifactError
 from pipeline.model.base_model import weights_hash
+from pipeline.model.lm import GENERATION_ADAPTER, RetrievableLM
+from pipeline.model.settings import ModelSettings
+from pipeline.service.serve import Service
 from pipeline.tasks import templates
 from pipeline.workflow.fusion import Queries
 from tests.conftest import repo_env, run
@@ -47,6 +52,31 @@ def post(client, body) -> tuple[int, dict]:
     return response.status_code, response.json()
 
 
+def test_a_run_with_a_generation_adapter_embeds_with_one_and_generates_with_the_other(tiny_run, tiny_service, tmp_path):
+    """Fine-tuning with a trunk pass keeps the joint steps' adapter apart (``models/reficr/generation``): the loaded
+    run embeds with the folder's own adapter and generates (scores, ranks, replies) with that one."""
+    repo = tiny_run.copy(tmp_path / "repo")
+    tuned = RetrievableLM.load(repo / "models/base", adapter=repo / "models/reficr", trainable=True)
+    with torch.no_grad():
+        for name, weight in tuned.model.named_parameters():
+            if "lora_B" in name:
+                weight.mul_(-1.0)  # another adapter on the same layers
+    generating = repo / "models/reficr" / GENERATION_ADAPTER
+    tuned.save_adapter(generating)
+    service = Service.load(repo, "redial")
+    system, single = service.system, tiny_service.system
+    assert system.lm is not system.encoder.lm and single.lm is single.encoder.lm
+    text, prompt, target = ["Seeker: any comedies?"], ["Recommend a comedy."], ["Superbad"]
+    assert np.array_equal(system.encoder.lm.embed(text, "x"), single.encoder.lm.embed(text, "x"))
+    alone = ModelSettings(**json.loads((repo / "data/eval/redial/recommender.json").read_text())["model"]).load(
+        repo / "models/base", adapter=generating, merge=True)
+    def loglik(lm) -> float:
+        return float(lm.score(prompt, target)[0].sum())
+
+    assert loglik(system.lm) == loglik(alone) != loglik(single.lm)
+    assert service.model.generation_adapter_sha256 == weights_hash(generating) != service.model.adapter_sha256
+
+
 # ----------------------------------------------------------------------------- endpoints
 def test_healthz_names_the_loaded_run(client, tiny_run, tiny_service):
     response = client.get("/healthz")
@@ -57,6 +87,7 @@ def test_healthz_names_the_loaded_run(client, tiny_run, tiny_service):
     assert health["status"] == "ok" and health["dataset"] == "redial"
     assert health["corpus_size"] == len(items) == len(tiny_service.system.corpus.item_ids)
     assert health["adapter_sha256"] == weights_hash(tiny_run.repo / "models/reficr")
+    assert health["generation_adapter_sha256"] is None  # the tiny profile has no trunk pass: one adapter does both
     assert health["base_weights_sha256"] == adapter_manifest["base_weights_sha256"]
     assert 0 < health["load_seconds"] < 600
     assert health["limits"]["max_top_k"] == tiny_run.params["ranking"]["candidates"] == 10

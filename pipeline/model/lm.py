@@ -44,7 +44,7 @@ def generation_adapter(adapter_dir: str | Path) -> Path:
     """The adapter that generates for the fine-tuned adapter in ``adapter_dir``: its ``GENERATION_ADAPTER``
     subfolder where training wrote one, else the folder's own."""
     own = Path(adapter_dir) / GENERATION_ADAPTER
-    return own if own.is_dir() else Path(adapter_dir)
+    return own if (own / "adapter_config.json").is_file() else Path(adapter_dir)
 
 
 def embed_prefix(instruction: str) -> str:

@@ -9,7 +9,8 @@
 - ``GET /``: the chat page (``pipeline/service/static/chat.html``; the conversation lives in the page, sent whole each turn);
 - ``GET /openapi.json``, ``/docs``: FastAPI's own description of all of it.
 
-One process holds one model. Generation is not thread-safe, so model calls are serialized by a lock: concurrent
+One process holds one trained run (one model, or two where fine-tuning kept the adapter that generates apart from
+the one that embeds: ``pipeline.model.lm.generation_adapter``). Generation is not thread-safe, so model calls are serialized by a lock: concurrent
 requests wait their turn (up to ``queue_timeout_s``, then 503; beyond ``max_queue`` waiting, 503 at once). The
 page and ``/healthz`` are answered on the event loop, never behind queued model calls. Bad requests get a 4xx
 naming the problem and what is allowed (422 from the request schema, 413 for a body over ``max_body_bytes``); a
@@ -32,7 +33,7 @@ from pydantic import BaseModel, Field
 
 from pipeline import __version__
 from pipeline.model.base_model import weights_hash
-from pipeline.model.lm import ADAPTER_MANIFEST
+from pipeline.model.lm import ADAPTER_MANIFEST, generation_adapter
 from pipeline.service.answer import (
     DEFAULT_TOP_K,
     MAX_UTTERANCE_CHARS,
@@ -57,6 +58,7 @@ class ModelIdentity:
     adapter: str  # the adapter folder
     adapter_sha256: str  # its safetensors weights (LoRA + item bias), as ``weights_hash`` computes it
     base_weights_sha256: str | None  # the base model the adapter was trained on (its manifest)
+    generation_adapter_sha256: str | None = None  # the adapter that generates, where fine-tuning kept it apart
 
 
 @dataclass
@@ -80,7 +82,9 @@ class Service:
         adapter = Path(root) / "models/reficr"
         manifest = adapter / ADAPTER_MANIFEST
         base = json.loads(manifest.read_text()).get("base_weights_sha256") if manifest.exists() else None
-        identity = ModelIdentity(str(adapter), weights_hash(adapter), base)
+        generating = generation_adapter(adapter)
+        identity = ModelIdentity(str(adapter), weights_hash(adapter), base,
+                                 weights_hash(generating) if generating != adapter else None)
         return cls(recommender, dataset, identity, round(time.perf_counter() - start, 3))
 
 
@@ -101,6 +105,8 @@ class Health(BaseModel):
     adapter: str
     adapter_sha256: str
     base_weights_sha256: str | None
+    generation_adapter_sha256: str | None = Field(
+        description="the adapter that generates, where fine-tuning kept it apart from the one that embeds (else null)")
     load_seconds: float = Field(description="seconds it took to load the model and the run's embeddings")
     limits: Limits
 
@@ -167,6 +173,7 @@ def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES, queue_
     health = Health(status="ok", dataset=service.dataset, corpus_size=len(system.corpus.item_ids),
                     conversations=len(system.store.queries), adapter=service.model.adapter,
                     adapter_sha256=service.model.adapter_sha256, base_weights_sha256=service.model.base_weights_sha256,
+                    generation_adapter_sha256=service.model.generation_adapter_sha256,
                     load_seconds=service.load_seconds, limits=limits)
     page = resources.files("pipeline.service").joinpath("static/chat.html").read_text(encoding="utf-8")
 
@@ -223,7 +230,7 @@ def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES, queue_
 
 def serve(root: str | Path, dataset: str, host: str, port: int, max_body_bytes: int = MAX_BODY_BYTES,
           queue_timeout_s: float = QUEUE_TIMEOUT_S, max_queue: int = MAX_QUEUE) -> None:
-    """Load the run once, then answer on ``host:port`` with one uvicorn worker (one model in memory)."""
+    """Load the run once, then answer on ``host:port`` with one uvicorn worker (one trained run in memory)."""
     import uvicorn
 
     service = Service.load(root, dataset)

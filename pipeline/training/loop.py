@@ -221,7 +221,8 @@ class TrainLoop:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         losses_path = self.out_dir / "loss.csv"
-        shutil.rmtree(self.out_dir / SNAPSHOTS, ignore_errors=True)  # taken after the steps: a killed run's are stale
+        if (self.out_dir / SNAPSHOTS).exists():  # taken after the steps: a killed run's are stale
+            shutil.rmtree(self.out_dir / SNAPSHOTS)
         resumed = self.load_checkpoint()
         if not resumed:
             torch.manual_seed(cfg.seed)
@@ -274,7 +275,8 @@ class TrainLoop:
         return losses_path
 
     def snapshot(self, name: str, extra: dict) -> None:
-        """The adapter as it is now, kept as ``name`` (a subfolder) of the adapter ``finish`` saves."""
+        """The adapter as it is now, kept as ``name`` (a subfolder) of the adapter ``finish`` saves. After ``run``, in
+        one process (``stages.finetune`` refuses more training after the loop under several)."""
         self.lm.model = self.accelerator.unwrap_model(self.lm.model)
         self.lm.save_adapter(self.out_dir / SNAPSHOTS / name, extra=extra)
 

@@ -52,8 +52,9 @@ class ReFICR:
     # ------------------------------------------------------------------ loading a trained run
     @classmethod
     def from_run(cls, root: str | Path, dataset: str) -> "ReFICR":
-        """The fine-tuned model with the item and conversation embeddings ``evaluate@<dataset>`` saved, loaded
-        with the settings it ran with (``data/eval/<dataset>/recommender.json``)."""
+        """The fine-tuned model (``ModelSettings.load_tuned``: the one that embeds, and the one that generates where
+        fine-tuning kept it apart) with the item and conversation embeddings ``evaluate@<dataset>`` saved, loaded with
+        the settings it ran with (``data/eval/<dataset>/recommender.json``)."""
         root = Path(root)
         run = root / "data/eval" / dataset
         needed = [root / "models/reficr", run / RUN_MANIFEST, run / ITEMS_FILE, run / CONVERSATIONS_FILE,
