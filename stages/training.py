@@ -10,7 +10,8 @@ import pandas as pd
 from pipeline.data import schemas
 from pipeline.errors import MissingArtifactError, ParamError
 from pipeline.model.base_model import MANIFEST
-from pipeline.model.lm import GENERATION_ADAPTER, RetrievableLM, resolve_device
+from pipeline.model.lm import RetrievableLM, resolve_device
+from pipeline.model.settings import GENERATION_ADAPTER
 from pipeline.retrieval.popularity import log_counts, training_gold
 from pipeline.training.catalogue import ITEM_TABLES, OFFSET, CatalogueTask, catalogue_tasks, item_table
 from pipeline.training.loop import LossFn, TrainConfig, TrainLoop, Validator, run_fingerprint

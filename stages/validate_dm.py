@@ -29,7 +29,8 @@ import pandas as pd
 from pipeline.data.splits import seeded_sample, validation_split
 from pipeline.evaluation.dm_validation import DMValidation, dm_sweep, free_generation
 from pipeline.io import atomic_path, write_json
-from pipeline.model.lm import RetrievableLM, generation_adapter
+from pipeline.model.lm import RetrievableLM
+from pipeline.model.settings import generation_adapter
 from pipeline.workflow.dialogue import HEAD, SHARES, DMHead, dm_evidence, fit_choices
 from stages.common import ROOT, load_params, setup_logging, user_errors
 from stages.settings import model_settings

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from pipeline import hardware
 from pipeline.errors import DataError, MissingArtifactError
-from pipeline.model.lm import GENERATION_ADAPTER, LoraSettings, RetrievableLM, generation_adapter
-from pipeline.model.settings import Lengths, ModelSettings
+from pipeline.model.lm import LoraSettings, RetrievableLM
+from pipeline.model.settings import GENERATION_ADAPTER, Lengths, ModelSettings, generation_adapter
 from pipeline.model.trunk import bottom_fingerprint
 from pipeline.retrieval.corpus import ItemCorpus, rank_scores
 from pipeline.retrieval.popularity import item_counts

@@ -23,8 +23,8 @@ from schemathesis import GenerationMode
 
 from pipeline.errors import MissingArtifactError
 from pipeline.model.base_model import weights_hash
-from pipeline.model.lm import GENERATION_ADAPTER, RetrievableLM
-from pipeline.model.settings import ModelSettings
+from pipeline.model.lm import RetrievableLM
+from pipeline.model.settings import GENERATION_ADAPTER, ModelSettings
 from pipeline.service.serve import Service
 from pipeline.tasks import templates
 from pipeline.workflow.fusion import Queries

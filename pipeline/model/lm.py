@@ -35,16 +35,6 @@ log = logging.getLogger(__name__)
 
 USER, EMBED, ASSISTANT = "<|user|>", "<|embed|>", "<|assistant|>"
 ADAPTER_MANIFEST = "reficr_adapter.json"
-# a fine-tuned adapter folder may hold, here, the adapter that generates when training went on for retrieval alone
-# (``finetune.trunk_pass``): the folder's own adapter embeds, this one ranks, manages the dialogue and replies
-GENERATION_ADAPTER = "generation"
-
-
-def generation_adapter(adapter_dir: str | Path) -> Path:
-    """The adapter that generates for the fine-tuned adapter in ``adapter_dir``: its ``GENERATION_ADAPTER``
-    subfolder where training wrote one, else the folder's own."""
-    own = Path(adapter_dir) / GENERATION_ADAPTER
-    return own if (own / "adapter_config.json").is_file() else Path(adapter_dir)
 
 
 def embed_prefix(instruction: str) -> str:

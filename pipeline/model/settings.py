@@ -1,5 +1,6 @@
-"""Settings records that cross module boundaries. Stages build them from params.yaml (``stages/settings.py``);
-the library takes them and never reads params.yaml. No defaults: every value comes from a profile.
+"""Settings records that cross module boundaries, and how a fine-tuned run's adapters are loaded by them. Stages
+build them from params.yaml (``stages/settings.py``); the library takes them and never reads params.yaml. No
+defaults: every value comes from a profile.
 """
 
 from __future__ import annotations
@@ -8,7 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.hardware import resolve_dtype
-from pipeline.model.lm import RetrievableLM, generation_adapter, resolve_device
+from pipeline.model.lm import RetrievableLM, resolve_device
+
+# a fine-tuned adapter folder may hold, here, the adapter that generates when training went on for retrieval alone
+# (``finetune.trunk_pass``): the folder's own adapter embeds, this one ranks, manages the dialogue and replies
+GENERATION_ADAPTER = "generation"
+
+
+def generation_adapter(adapter_dir: str | Path) -> Path:
+    """The adapter that generates for the fine-tuned adapter in ``adapter_dir``: its ``GENERATION_ADAPTER``
+    subfolder where training wrote one, else the folder's own."""
+    own = Path(adapter_dir) / GENERATION_ADAPTER
+    return own if (own / "adapter_config.json").is_file() else Path(adapter_dir)
 
 
 @dataclass(frozen=True, kw_only=True)

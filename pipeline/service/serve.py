@@ -10,7 +10,7 @@
 - ``GET /openapi.json``, ``/docs``: FastAPI's own description of all of it.
 
 One process holds one trained run (one model, or two where fine-tuning kept the adapter that generates apart from
-the one that embeds: ``pipeline.model.lm.generation_adapter``). Generation is not thread-safe, so model calls are serialized by a lock: concurrent
+the one that embeds: ``pipeline.model.settings.generation_adapter``). Generation is not thread-safe, so model calls are serialized by a lock: concurrent
 requests wait their turn (up to ``queue_timeout_s``, then 503; beyond ``max_queue`` waiting, 503 at once). The
 page and ``/healthz`` are answered on the event loop, never behind queued model calls. Bad requests get a 4xx
 naming the problem and what is allowed (422 from the request schema, 413 for a body over ``max_body_bytes``); a
@@ -33,7 +33,8 @@ from pydantic import BaseModel, Field
 
 from pipeline import __version__
 from pipeline.model.base_model import weights_hash
-from pipeline.model.lm import ADAPTER_MANIFEST, generation_adapter
+from pipeline.model.lm import ADAPTER_MANIFEST
+from pipeline.model.settings import generation_adapter
 from pipeline.service.answer import (
     DEFAULT_TOP_K,
     MAX_UTTERANCE_CHARS,

@@ -9,7 +9,7 @@ layers' forward and backward only. Every unique query is one example a pass, its
 by the seeded RNG (its other gold items masked out of the negatives, as in ``catalogue_loss``); batches are the
 trunk's length-sorted batches, shuffled per pass. Only the retrieval side is trained here, on layers generation
 shares, and that undoes what the joint steps taught generation: the adapter as the joint steps left it is kept as
-the fine-tuned adapter's generation adapter (``pipeline.model.lm.generation_adapter``), the one that generates.
+the fine-tuned adapter's generation adapter (``pipeline.model.settings.generation_adapter``), the one that generates.
 """
 
 from __future__ import annotations
