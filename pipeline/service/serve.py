@@ -10,12 +10,12 @@
 - ``GET /openapi.json``, ``/docs``: FastAPI's own description of all of it.
 
 One process holds one trained run (one model, or two where fine-tuning kept the adapter that generates apart from
-the one that embeds: ``pipeline.model.settings.generation_adapter``). Generation is not thread-safe, so model calls are serialized by a lock: concurrent
-requests wait their turn (up to ``queue_timeout_s``, then 503; beyond ``max_queue`` waiting, 503 at once). The
-page and ``/healthz`` are answered on the event loop, never behind queued model calls. Bad requests get a 4xx
-naming the problem and what is allowed (422 from the request schema, 413 for a body over ``max_body_bytes``); a
-failure inside the model gets a 500 whose ``request_id`` is also in the server log. To scale out, run more
-processes behind a load balancer: the service keeps no state between requests.
+the one that embeds: ``pipeline.model.settings.generation_adapter``). Generation is not thread-safe, so model calls
+are serialized by a lock: concurrent requests wait their turn (up to ``queue_timeout_s``, then 503; beyond
+``max_queue`` waiting, 503 at once). The page and ``/healthz`` are answered on the event loop, never behind queued
+model calls. Bad requests get a 4xx naming the problem and what is allowed (422 from the request schema, 413 for a
+body over ``max_body_bytes``); a failure inside the model gets a 500 whose ``request_id`` is also in the server log.
+To scale out, run more processes behind a load balancer: the service keeps no state between requests.
 """
 
 import json
