@@ -46,6 +46,11 @@ SNAPSHOTS = "snapshots"  # adapters kept along the way (``TrainLoop.snapshot``),
 CHECKPOINT_FILES = ("state.json", "state.safetensors", "adapter/adapter_model.safetensors")
 
 
+def loss_row(step: int, loss: float, loss_cl: float, loss_gen: float, lr: float) -> list:
+    """A row of the loss log (step, loss, loss_cl, loss_gen, lr), as ``run`` and ``add_steps`` write it."""
+    return [step, f"{loss:.6f}", f"{loss_cl:.6f}", f"{loss_gen:.6f}", f"{lr:.3e}"]
+
+
 class TrainingDiverged(ReficrError, RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -260,7 +265,7 @@ class TrainLoop:
             self.step += 1
             row = totals / cfg.grad_accum
             with open(losses_path, "a", newline="") as fh:
-                csv.writer(fh).writerow([self.step, f"{row[0]:.6f}", f"{row[1]:.6f}", f"{row[2]:.6f}", f"{lr:.3e}"])
+                csv.writer(fh).writerow(loss_row(self.step, *row, lr))
             bar.update(1)
             done = self.step - first
             eta = (time.perf_counter() - started) / done * (cfg.steps - self.step)
@@ -287,8 +292,7 @@ class TrainLoop:
         if not rows:
             return
         with open(self.out_dir / "loss.csv", "a", newline="") as fh:
-            csv.writer(fh).writerows([self.step + r["step"], f"{r['loss']:.6f}", f"{r['loss']:.6f}", f"{0.0:.6f}",
-                                      f"{r['lr']:.3e}"] for r in rows)
+            csv.writer(fh).writerows(loss_row(self.step + r["step"], r["loss"], r["loss"], 0.0, r["lr"]) for r in rows)
         self.step += len(rows)
         if self.validate:
             self._validate()

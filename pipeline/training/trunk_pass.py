@@ -27,7 +27,7 @@ from pipeline.model.lm import RetrievableLM
 from pipeline.model.trunk import Trunk, finish_states, frozen_bottom_layers, trunk_states
 from pipeline.tasks import templates
 from pipeline.training.catalogue import CatalogueTask, catalogue_loss
-from pipeline.training.loop import linear_schedule
+from pipeline.training.loop import TrainingDiverged, linear_schedule
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def trunk_pass(lm: RetrievableLM, tasks: list[CatalogueTask], settings: PassSett
             task = prepared_task.task
             loss = catalogue_loss(queries, task.scored_table(), targets, settings.temperature, task.bias, golds)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"trunk pass: loss is {float(loss)} at step {step}; lower finetune.trunk_pass.lr")
+                raise TrainingDiverged(f"trunk pass: loss is {float(loss)} at step {step}; lower finetune.trunk_pass.lr")
             lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
