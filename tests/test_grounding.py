@@ -84,7 +84,8 @@ def test_a_clean_reply_is_left_as_it_is():
 
 pieces = st.sampled_from(["<item>", "</item>", "The Hangover (2009)", "Superbad (2007)", "Die Hard (1988)", "Seeker:",
                           "I loved The Hangover (2009).", "Anything with Will Ferrell.", "\n", " ", "the", "Chat", "!",
-                          "Superbad (2017)", "Die Hard (19", "(", "2009)", "You are an intelligent conversational recommender system."])
+                          "Superbad (2017)", "Die Hard (19", "(", "2009)", "You are an intelligent conversational recommender system.",
+                          "[item]", "[", "]", "The user's response is", "The answer to the question"])
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
@@ -174,6 +175,33 @@ def test_a_sentence_describing_the_system_to_the_seeker_goes():
     for said in ("You are going to love <item>Superbad (2007)</item>.", "I'm a big fan of comedies too.",
                  "You are a fan of the system of the world, I see."):
         assert not check_reply(said, ALLOWED, CONTEXT, CATALOGUE).echo and ground(said).startswith(said), said
+
+
+def test_a_sentence_about_the_prompt_goes_with_the_rest_of_its_line():
+    # seen in the default run's replies: the model talks about the prompt instead of to the seeker
+    raw = "The user's response should be in the format of a title. Try <item>Superbad (2007)</item>.\nGreat choice!"
+    assert check_reply(raw, ALLOWED, CONTEXT, CATALOGUE).echo
+    reply = ground_reply(raw, ALLOWED, CONTEXT, CATALOGUE)
+    assert reply.text == "Great choice! You might like <item>Superbad (2007)</item> or <item>Step Brothers (2008)</item>."
+    assert reply.appended and not reply.fallback
+    # past a question mark inside the quoted question, to the end of the line
+    reply = ground_reply('The answer to the question "What is the best comedy?" is <item>Superbad (2007)</item>', ALLOWED,
+                         CONTEXT, CATALOGUE)
+    assert reply.fallback and reply.text == "You might like <item>Superbad (2007)</item> or <item>Step Brothers (2008)</item>."
+    assert ground("The answer is:\n[item] Try <item>Superbad (2007)</item>.") == "Try <item>Superbad (2007)</item>."
+    for said in ("Users loved <item>Superbad (2007)</item>.", "You will love <item>Superbad (2007)</item>, trust me."):
+        assert not check_reply(said, ALLOWED, CONTEXT, CATALOGUE).echo and ground(said) == said, said
+
+
+def test_bracketed_slots_go_and_a_title_in_brackets_keeps_its_words():
+    assert check_reply("[item] Try it.", [], CONTEXT, CATALOGUE).echo
+    assert ground("[item] How about <item>Superbad (2007)</item>?") == "How about <item>Superbad (2007)</item>?"
+    assert ground("[Greetings]\nHello there!\n[Superbad (2007)]") == "Hello there!\nSuperbad (2007)"
+    assert ground("Try <item>Superbad (2007)</item> [item1] now.\n[item") == "Try <item>Superbad (2007)</item> now."
+    # a catalogue title's own brackets are no slot
+    rec = Catalogue(["[REC] (2007)", "Superbad (2007)"])
+    assert not check_reply("Try [REC] (2007).", ["[REC] (2007)"], "Seeker: hi", rec).echo
+    assert ground_reply("Try [REC] (2007).", ["[REC] (2007)"], "Seeker: hi", rec).text == "Try [REC] (2007)."
 
 
 # titles with a full stop, titles whose name ends with another title's name, found by review

@@ -7,8 +7,12 @@ conversation's next turn. ``ground_reply`` makes the reply a person sees:
 1. it stops where the model starts another speaker's turn (``Seeker:``, ``<|user|>``, ...) and drops role
    markers it opens with; a last sentence that ends inside a title (the token limit cut "<item>The Ma" or
    "The Matrix (199") goes, and so does a sentence that echoes the prompt's instructions (``ECHO_WORDS`` words in a
-   row of a generation template: "You are an intelligent conversational recommender system.") or paraphrases the
-   system's role to the seeker (``SELF_DESCRIPTION``: "You are designed to provide recommendations ...");
+   row of a generation template: "You are an intelligent conversational recommender system."), paraphrases the
+   system's role to the seeker (``SELF_DESCRIPTION``: "You are designed to provide recommendations ...") or talks
+   about the prompt instead of to the seeker (``META_TALK``: "The user's response should be ...", "The answer to
+   the question ... is": the rest of its line goes with it); a bracketed slot the model writes in place of a title
+   or a turn ("[item]", "[item1]", "[Greetings]", an unclosed "[item" at a line's end) goes, a title inside
+   brackets stays without them;
 2. loops are cut: a span of 3+ characters repeated 3+ times in a row is kept once, so is a word said twice in a
    row; a line said before (or the start of one) is dropped, and the text ends before the second occurrence of a
    repeated 5-word sequence;
@@ -31,11 +35,11 @@ would match ordinary words; before a year the catalogue does not give them, only
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from pipeline.tasks import templates
+from pipeline.workflow.prompt_echo import SENTENCE, drop_echo, echoes_prompt
+from pipeline.workflow.prompt_echo import words as _words
 
 ITEM_TAG = re.compile(r"<item>((?:(?!</?item>).)*?)</item>", re.DOTALL)  # a tag pair, nothing nested
 STRAY_TAG = re.compile(r"</?item>")
@@ -43,7 +47,6 @@ YEAR_TITLE = re.compile(r"\(\d{4}\)\s*$")
 YEAR = re.compile(r"\((\d{4})\)")
 # a reply cut by the token limit inside a title: an <item> tag never closed, or a year never finished ("(199")
 UNFINISHED_TITLE = re.compile(r"(<item>(?:(?!</?item>).)*|\(\d{0,4})\s*$", re.DOTALL)
-SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
 SENTENCE_END = re.compile(r"[.!?](?=\s|[A-Z])|\n")  # not a "?" inside a quote: 'the question "What is best?" is'
 # what may come right before a title's name written with a year it does not have (see Catalogue._name_before)
 NAME_AFTER = re.compile(r"((^|\n)\s*[-*]?\s*|[.!?,;\"\u201c\u2018]\s*|\b[a-z][\w']*\s+)$")
@@ -59,11 +62,8 @@ PLACEHOLDER = re.compile("\ue000title[a-z]+\ue001")
 PLACEHOLDER_PART = re.compile("\ue000[a-z]*\ue001?|\ue001")
 LOOP_NGRAM = 5
 COPY_WORDS = 6
-ECHO_WORDS = 5  # a sentence with this many words in a row from an instruction template echoes the prompt
-# a sentence that tells the seeker what the system is ("You are designed to ...", "I am an AI assistant."): the
-# instructions' role paraphrased, never something a recommender says to a person
-SELF_DESCRIPTION = re.compile(r"(?i)^\W*(you are|you're|i am|i'm)\s+(?:[\w-]+\s+){0,3}?"
-                              r"(designed|programmed|trained|recommender|assistant|system|language model|ai|chatbot)\b")
+# a bracketed slot (or one the token limit left open at a line's end): "[item]", "[item1]", "[Greetings]", "[item"
+SLOT = re.compile(r"\[([^\[\]\n]*)(?:\]|(?=\n)|$)")
 NAME_WORDS = 12  # the longest title name looked for before a year the catalogue does not give it
 WORD = re.compile(r"[A-Za-z]{2,}")
 FALLBACK_WITH_ITEMS = "You might like {items}."
@@ -90,7 +90,8 @@ class ReplyCheck:
     outside_items: tuple[str, ...]  # titles named that are not among the turn's recommended items
     loop: bool  # a repeated span, line or 5-word sequence
     copied: bool  # a span of COPY_WORDS+ words a seeker utterance also has
-    echo: bool  # a sentence with ECHO_WORDS+ words in a row of an instruction template, or a SELF_DESCRIPTION
+    echo: bool  # a sentence with ECHO_WORDS+ words in a row of an instruction template, a SELF_DESCRIPTION or
+    # META_TALK, or a bracketed slot ("[item]")
 
 
 CLEAN = ReplyCheck((), False, False, False)
@@ -167,10 +168,6 @@ def seeker_utterances(context: str) -> list[str]:
     return [line.split(":", 1)[1].strip() for line in context.split("\n") if line.startswith("Seeker:")]
 
 
-def _words(text: str) -> list[tuple[str, int, int]]:
-    return [(m.group(0).lower(), m.start(), m.end()) for m in re.finditer(r"[\w']+", text)]
-
-
 def copied_span(reply: str, seeker: list[str]) -> tuple[int, int] | None:
     """(start, end) in ``reply`` of the longest run of COPY_WORDS+ words that a seeker utterance also has."""
     words = _words(reply)
@@ -186,32 +183,11 @@ def copied_span(reply: str, seeker: list[str]) -> tuple[int, int] | None:
     return words[best.a][1], words[best.a + best.size - 1][2]
 
 
-def _instruction_ngrams() -> frozenset[tuple[str, ...]]:
-    """Every ECHO_WORDS-word sequence of the generation templates' own words (not across their slots)."""
-    grams = set()
-    for template in (templates.RESPONSE, templates.RANKING, templates.DIALOGUE_MANAGEMENT):
-        for literal, _, _, _ in string.Formatter().parse(template):
-            words = [w for w, _, _ in _words(literal)]
-            grams.update(tuple(words[i: i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1))
-    return frozenset(grams)
-
-
-INSTRUCTION_NGRAMS = _instruction_ngrams()
-
-
-def echoes_prompt(sentence: str) -> bool:
-    """Whether ``sentence`` has ECHO_WORDS words in a row of an instruction ("You are an intelligent
-    conversational recommender system." echoes "Act as an intelligent conversational recommender system.") or
-    describes the system to the seeker (``SELF_DESCRIPTION``)."""
-    if SELF_DESCRIPTION.search(sentence):
-        return True
-    words = [w for w, _, _ in _words(sentence)]
-    return any(tuple(words[i: i + ECHO_WORDS]) in INSTRUCTION_NGRAMS for i in range(len(words) - ECHO_WORDS + 1))
-
-
-def drop_echo(text: str) -> str:
-    """``text`` without its sentences that echo the prompt's instructions."""
-    return "".join(s for s in SENTENCE.findall(text) if not echoes_prompt(s))
+def strip_slots(masked: str) -> str:
+    """``masked`` (titles masked by ``TitleMask``) without its bracketed slots: a slot that holds a title keeps the
+    title, any other goes, and so does a bracket left alone."""
+    text = SLOT.sub(lambda m: m.group(1) if PLACEHOLDER.search(m.group(1)) else "", masked)
+    return text.replace("[", "").replace("]", "")
 
 
 def cut_unfinished_title(text: str, catalogue: Catalogue) -> str:
@@ -302,7 +278,8 @@ def check_reply(reply: str, allowed: list[str], context: str, catalogue: Catalog
     mask = TitleMask(catalogue)
     masked = mask.protect(reply)
     seeker = [mask.protect(u) for u in seeker_utterances(context)]
-    echo = any(echoes_prompt(s) for s in SENTENCE.findall(masked))  # a title's full stop ends no sentence
+    # a title's full stop ends no sentence; a title's own brackets ("[REC] (2007)") are masked
+    echo = any(echoes_prompt(s) for s in SENTENCE.findall(masked)) or "[" in masked or "]" in masked
     return ReplyCheck(outside, has_loop(masked), copied_span(masked, seeker) is not None, echo)
 
 
@@ -361,7 +338,8 @@ class Reply:
 
 def _clean(text: str, allowed: list[str], seeker: list[str], catalogue: Catalogue) -> str:
     mask = TitleMask(catalogue)
-    text = cut_loops(drop_echo(mask.protect(strip_stray_tags(text))))  # masked: a title's full stop ends no sentence
+    # masked: a title's full stop ends no sentence, its own brackets are no slot
+    text = cut_loops(drop_echo(strip_slots(mask.protect(strip_stray_tags(text)))))
     seeker = [mask.protect(u) for u in seeker]
     span = copied_span(text, seeker)
     while span is not None:  # the copied words go, with the punctuation that closed them
