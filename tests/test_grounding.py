@@ -189,7 +189,9 @@ def test_a_sentence_about_the_prompt_goes_with_the_rest_of_its_line():
                          CONTEXT, CATALOGUE)
     assert reply.fallback and reply.text == "You might like <item>Superbad (2007)</item> or <item>Step Brothers (2008)</item>."
     assert ground("The answer is:\n[item] Try <item>Superbad (2007)</item>.") == "Try <item>Superbad (2007)</item>."
-    for said in ("Users loved <item>Superbad (2007)</item>.", "You will love <item>Superbad (2007)</item>, trust me."):
+    for said in ("Users loved <item>Superbad (2007)</item>.", "You will love <item>Superbad (2007)</item>, trust me.",
+                 "The answer is yes, <item>Superbad (2007)</item> is hilarious.",
+                 "Read the user reviews of <item>Superbad (2007)</item> first."):
         assert not check_reply(said, ALLOWED, CONTEXT, CATALOGUE).echo and ground(said) == said, said
 
 
@@ -198,6 +200,10 @@ def test_bracketed_slots_go_and_a_title_in_brackets_keeps_its_words():
     assert ground("[item] How about <item>Superbad (2007)</item>?") == "How about <item>Superbad (2007)</item>?"
     assert ground("[Greetings]\nHello there!\n[Superbad (2007)]") == "Hello there!\nSuperbad (2007)"
     assert ground("Try <item>Superbad (2007)</item> [item1] now.\n[item") == "Try <item>Superbad (2007)</item> now."
+    # a year written after a slot goes with it; an open bracket mid-line takes only itself
+    assert ground("[item] (2007) is a classic. Try <item>Superbad (2007)</item>.") == \
+        "is a classic. Try <item>Superbad (2007)</item>."
+    assert ground("Sure [smiles. Try <item>Superbad (2007)</item>.") == "Sure smiles. Try <item>Superbad (2007)</item>."
     # a catalogue title's own brackets are no slot
     rec = Catalogue(["[REC] (2007)", "Superbad (2007)"])
     assert not check_reply("Try [REC] (2007).", ["[REC] (2007)"], "Seeker: hi", rec).echo

@@ -63,7 +63,7 @@ def response_metrics(run: EvalRun, ranked_with_knowledge: dict[str, list[str]]) 
 
 def grounding_metrics(replies: list[Reply], allowed: list[list[str]], contexts: list[str], catalogue: Catalogue) -> dict[str, float]:
     """Share of replies naming an item outside the turn's recommended items, with a loop, copying the seeker, echoing
-    the prompt's instructions: ``response.raw.*`` for the model's generation, ``response.reply.*`` for what a person
+    or talking about the prompt or holding a bracketed slot (``echo``): ``response.raw.*`` for the model's generation, ``response.reply.*`` for what a person
     reads (``pipeline.workflow.grounding``), how many replies fell back to the fixed sentence and how many had it added."""
     out: dict[str, float] = {}
     for variant in ("raw", "reply"):

@@ -221,7 +221,7 @@ def grounding_lines(m: dict) -> list[str]:
     if "response.reply.loop_rate" not in m:
         return []
     rate = "{:.0%}".format
-    echo = (f", the prompt's instructions echoed {rate(m['response.raw.echo_rate'])} -> {rate(m['response.reply.echo_rate'])}"
+    echo = (f", the prompt echoed or talked about (or a bracketed slot) {rate(m['response.raw.echo_rate'])} -> {rate(m['response.reply.echo_rate'])}"
             if "response.raw.echo_rate" in m else "")  # metrics written before the echo rule have none
     return [f"- replies (n = {m['response.generated_n']}), model generation -> what a person reads: an item outside the "
             f"recommended list {rate(m['response.raw.outside_items_rate'])} -> {rate(m['response.reply.outside_items_rate'])}, "

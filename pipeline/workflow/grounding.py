@@ -10,9 +10,9 @@ conversation's next turn. ``ground_reply`` makes the reply a person sees:
    row of a generation template: "You are an intelligent conversational recommender system."), paraphrases the
    system's role to the seeker (``SELF_DESCRIPTION``: "You are designed to provide recommendations ...") or talks
    about the prompt instead of to the seeker (``META_TALK``: "The user's response should be ...", "The answer to
-   the question ... is": the rest of its line goes with it); a bracketed slot the model writes in place of a title
-   or a turn ("[item]", "[item1]", "[Greetings]", an unclosed "[item" at a line's end) goes, a title inside
-   brackets stays without them;
+   the question ... is": the rest of its line goes with it); these rules live in ``pipeline.workflow.prompt_echo``.
+   A bracketed slot the model writes in place of a title or a turn ("[item]", "[item1] (2007)", "[Greetings]", one
+   word left open at a line's end: "[item") goes, a title inside brackets stays without them;
 2. loops are cut: a span of 3+ characters repeated 3+ times in a row is kept once, so is a word said twice in a
    row; a line said before (or the start of one) is dropped, and the text ends before the second occurrence of a
    repeated 5-word sequence;
@@ -62,8 +62,8 @@ PLACEHOLDER = re.compile("\ue000title[a-z]+\ue001")
 PLACEHOLDER_PART = re.compile("\ue000[a-z]*\ue001?|\ue001")
 LOOP_NGRAM = 5
 COPY_WORDS = 6
-# a bracketed slot (or one the token limit left open at a line's end): "[item]", "[item1]", "[Greetings]", "[item"
-SLOT = re.compile(r"\[([^\[\]\n]*)(?:\]|(?=\n)|$)")
+# a bracketed slot, with a year written after it ("[item] (2007)"), or one word left open at a line's end ("[item")
+SLOT = re.compile(r"\[([^\[\]\n]*)\](?:\s*\(\d{4}\))?|\[([^\[\]\s]*)(?=[ \t]*(?:\n|$))")
 NAME_WORDS = 12  # the longest title name looked for before a year the catalogue does not give it
 WORD = re.compile(r"[A-Za-z]{2,}")
 FALLBACK_WITH_ITEMS = "You might like {items}."
@@ -186,7 +186,7 @@ def copied_span(reply: str, seeker: list[str]) -> tuple[int, int] | None:
 def strip_slots(masked: str) -> str:
     """``masked`` (titles masked by ``TitleMask``) without its bracketed slots: a slot that holds a title keeps the
     title, any other goes, and so does a bracket left alone."""
-    text = SLOT.sub(lambda m: m.group(1) if PLACEHOLDER.search(m.group(1)) else "", masked)
+    text = SLOT.sub(lambda m: m.group(1) if m.group(1) and PLACEHOLDER.search(m.group(1)) else "", masked)
     return text.replace("[", "").replace("]", "")
 
 

@@ -17,8 +17,10 @@ ECHO_WORDS = 5  # a sentence with this many words in a row from an instruction t
 # instructions' role paraphrased, never something a recommender says to a person
 SELF_DESCRIPTION = re.compile(r"(?i)^\W*(you are|you're|i am|i'm)\s+(?:[\w-]+\s+){0,3}?"
                               r"(designed|programmed|trained|recommender|assistant|system|language model|ai|chatbot)\b")
-# a sentence about the prompt rather than to the seeker: a recommender says "you", never "the user"
-META_TALK = re.compile(r"(?i)\b(the\s+(user|seeker)|user's|seeker's|the\s+answer\s+(to\s+the\s+question|is))\b")
+# a sentence about the prompt rather than to the seeker: a recommender says "you", never "the user" ("the user
+# reviews" aside); "The answer is:" alone, not "The answer is yes, ..."
+META_TALK = re.compile(r"(?i)\b(the\s+(user|seeker)\b(?!\s+(reviews?|ratings?|scores?)\b)|user's|seeker's|"
+                       r"the\s+answer\s+to\s+the\s+question\b)|^\W*the\s+answer\s+is\s*:?\s*$")
 
 
 def words(text: str) -> list[tuple[str, int, int]]:
