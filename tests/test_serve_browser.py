@@ -2,8 +2,7 @@
 the system binary, it downloads no browser of its own) opens `reficr serve`'s page on the tiny run, types as the
 seeker and sees the recommender's reply and the recommended titles.
 
-The screenshot is kept in the test's tmp dir; with REFICR_KEEP_SCREENSHOT=1 it is also copied to
-bench/serve_page.png (the README shows it).
+The screenshot is kept in the test's tmp dir (the README's picture, of the default run, is bench/serve_page.py's).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
@@ -70,8 +68,6 @@ def test_a_person_chats_on_the_page_and_sees_a_reply_and_recommended_titles(brow
     shot = tmp_path / "serve_page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    if os.environ.get("REFICR_KEEP_SCREENSHOT") == "1":
-        shutil.copyfile(shot, ROOT / "bench/serve_page.png")
 
     # a request the service refuses shows its reason, and the conversation is left as it was
     page.fill("#message", "x" * 2001)
