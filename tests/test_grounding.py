@@ -189,6 +189,9 @@ def test_a_sentence_about_the_prompt_goes_with_the_rest_of_its_line():
                          CONTEXT, CATALOGUE)
     assert reply.fallback and reply.text == "You might like <item>Superbad (2007)</item> or <item>Step Brothers (2008)</item>."
     assert ground("The answer is:\n[item] Try <item>Superbad (2007)</item>.") == "Try <item>Superbad (2007)</item>."
+    # a heading of the prompt's template, with its colon
+    assert ground("Conversation Context:\nTry <item>Superbad (2007)</item>.") == "Try <item>Superbad (2007)</item>."
+    assert ground_reply("- Recommended Items: <item>Superbad (2007)</item>", ALLOWED, CONTEXT, CATALOGUE).fallback
     for said in ("Users loved <item>Superbad (2007)</item>.", "You will love <item>Superbad (2007)</item>, trust me.",
                  "The answer is yes, <item>Superbad (2007)</item> is hilarious.",
                  "Read the user reviews of <item>Superbad (2007)</item> first."):

@@ -2,7 +2,8 @@
 drops it from the reply a person reads, and counts it): ``ECHO_WORDS`` words in a row of an instruction template
 ("You are an intelligent conversational recommender system."), the system's role paraphrased to the seeker
 (``SELF_DESCRIPTION``: "You are designed to provide recommendations ..."), or the prompt talked about
-(``META_TALK``: "The user's response should be ...", "The answer to the question ... is", "The answer is:")."""
+(``META_TALK``: "The user's response should be ...", "The answer to the question ... is", "The answer is:", a
+template's heading: "Conversation Context:")."""
 
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ ECHO_WORDS = 5  # a sentence with this many words in a row from an instruction t
 # instructions' role paraphrased, never something a recommender says to a person
 SELF_DESCRIPTION = re.compile(r"(?i)^\W*(you are|you're|i am|i'm)\s+(?:[\w-]+\s+){0,3}?"
                               r"(designed|programmed|trained|recommender|assistant|system|language model|ai|chatbot)\b")
+# the generation templates' headings ("- Conversation Context:", "- Recommended Items:", ...)
+HEADINGS = sorted({m.group(1).lower() for t in (templates.RESPONSE, templates.RANKING)
+                   for m in re.finditer(r"-\s*([A-Za-z][A-Za-z ]*[A-Za-z]):", t)})
 # a sentence about the prompt rather than to the seeker: a recommender says "you", never "the user" ("the user
-# reviews" aside); "The answer is:" alone, not "The answer is yes, ..."
+# reviews" aside); "The answer is:" alone, not "The answer is yes, ..."; a template's heading with its colon
 META_TALK = re.compile(r"(?i)\b(the\s+(user|seeker)\b(?!\s+(reviews?|ratings?|scores?)\b)|user's|seeker's|"
-                       r"the\s+answer\s+to\s+the\s+question\b)|^\W*the\s+answer\s+is\s*:?\s*$")
+                       r"the\s+answer\s+to\s+the\s+question\b)|^\W*the\s+answer\s+is\s*:?\s*$|"
+                       r"\b(" + "|".join(r"\s+".join(map(re.escape, h.split())) for h in HEADINGS) + r")\s*:")
 
 
 def words(text: str) -> list[tuple[str, int, int]]:
